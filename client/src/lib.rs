@@ -1,0 +1,2 @@
+//! Ordo's Rust client.
+pub use ordo_api::v1;

@@ -1,0 +1,65 @@
+//! Ordo's domain errors and the one place where they become gRPC statuses.
+
+use thiserror::Error;
+use tonic::{Code, Status};
+use tracing::error;
+
+use crate::store::StoreError;
+
+/// Everything a request can fail with. Messages are lower-case and say what to fix.
+#[derive(Debug, Error)]
+pub enum OrdoError {
+    /// The request is malformed or breaks a limit; retrying it unchanged will fail again.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the entity's state forbids it (e.g. an illegal status change).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Optimistic concurrency failed: re-read and retry.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A position outside the log.
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OrdoError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+}
+
+impl From<OrdoError> for Status {
+    fn from(err: OrdoError) -> Self {
+        let message = err.to_string();
+        let code = match err {
+            OrdoError::InvalidArgument(_) => Code::InvalidArgument,
+            OrdoError::NotFound(_) => Code::NotFound,
+            OrdoError::FailedPrecondition(_) => Code::FailedPrecondition,
+            OrdoError::Aborted(_) => Code::Aborted,
+            OrdoError::AlreadyExists(_) => Code::AlreadyExists,
+            OrdoError::OutOfRange(_) => Code::OutOfRange,
+            OrdoError::Unavailable(_) => Code::Unavailable,
+            OrdoError::Store(store) => match store {
+                StoreError::VersionConflict { .. } => Code::Aborted,
+                StoreError::IdempotencyMismatch { .. } | StoreError::DuplicateEventId { .. } => {
+                    Code::AlreadyExists
+                }
+                StoreError::Closed | StoreError::Poisoned(_) => Code::Unavailable,
+                StoreError::Sled(_) | StoreError::Io(_) | StoreError::Corrupt { .. } => {
+                    error!(error = %message, "storage failure");
+                    Code::Internal
+                }
+            },
+        };
+        Status::new(code, message)
+    }
+}

@@ -1,0 +1,7 @@
+//! The event side of Ordo: publish, read and subscribe.
+
+pub mod filter;
+pub mod position;
+pub mod publish;
+pub mod read;
+pub mod subscription;

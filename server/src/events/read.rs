@@ -1,0 +1,50 @@
+//! `ReadEvents`: one bounded page of the log.
+
+use ordo_api::v1::{ReadEventsRequest, ReadEventsResponse};
+
+use super::{filter::Matcher, position};
+use crate::{error::OrdoError, store::SharedLog};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// Events examined per page at most, so a sparse filter cannot turn one call into a full scan.
+const MAX_SCAN: u64 = 10_000;
+/// Bytes read from the store per step.
+pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+pub fn read(log: &SharedLog, req: &ReadEventsRequest) -> Result<ReadEventsResponse, OrdoError> {
+    let limit = match req.limit as usize {
+        0 => DEFAULT_LIMIT,
+        n if n > MAX_LIMIT => {
+            return Err(OrdoError::invalid(format!(
+                "limit {n} is over the maximum of {MAX_LIMIT}"
+            )));
+        }
+        n => n,
+    };
+    let matcher = Matcher::new(req.filter.as_ref())?;
+    let head = log.head();
+    let first = position::first_offset(req.start.as_ref(), head)?;
+    let mut next = first;
+    let mut events = Vec::new();
+    'scan: while next <= head && next - first < MAX_SCAN && events.len() < limit {
+        let chunk = log.read(next, limit.min(MAX_LIMIT), READ_CHUNK_BYTES)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for event in chunk {
+            next = event.offset + 1;
+            if matcher.matches(&event) {
+                events.push(event);
+                if events.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    Ok(ReadEventsResponse {
+        events,
+        next_after_offset: next - 1,
+        head_offset: head,
+    })
+}

@@ -1,0 +1,156 @@
+//! One task per `Subscribe` stream: it reads the log from the subscriber's cursor and feeds a
+//! small bounded channel.
+//!
+//! History and live events take the same path: read from the log up to the durable head, then
+//! wait for the head to move. So the catch-up/live seam cannot gap or duplicate, and a slow
+//! subscriber costs one chunk plus the channel, never a growing buffer: when it stops reading,
+//! the channel fills and its task simply waits, while appends and other subscribers go on.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ordo_api::v1::{CaughtUp, Event, Heartbeat, SubscribeResponse, subscribe_response::Message};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::debug;
+
+use super::{filter::Matcher, read::READ_CHUNK_BYTES};
+use crate::{error::OrdoError, store::SharedLog};
+
+/// Messages buffered per subscriber between its task and the network.
+const CHANNEL_DEPTH: usize = 64;
+/// Events read from the store per step.
+const READ_CHUNK_EVENTS: usize = 512;
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+/// What a subscription needs to run.
+pub struct Subscription {
+    pub log: SharedLog,
+    pub first_offset: u64,
+    pub matcher: Matcher,
+    pub heartbeat: Duration,
+    pub shutdown: CancellationToken,
+    /// Held for the life of the stream: counts against the server's subscriber cap.
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Subscription {
+    /// Starts the feeding task and returns the stream to hand to tonic.
+    pub fn spawn(self) -> SubscribeStream {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(self.run(tx));
+        ReceiverStream::new(rx)
+    }
+
+    async fn run(self, tx: mpsc::Sender<Result<SubscribeResponse, Status>>) {
+        let mut feed = Feed {
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        let mut head_rx = self.log.watch_head();
+        let mut next = self.first_offset;
+        let mut caught_up = false;
+        let mut last_beat = Instant::now();
+        loop {
+            let head = *head_rx.borrow_and_update();
+            while next <= head {
+                let events = match self.log.read(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
+                    Ok(events) if !events.is_empty() => events,
+                    Ok(_) => break,
+                    Err(err) => {
+                        feed.fail(OrdoError::from(err).into()).await;
+                        return;
+                    }
+                };
+                for event in events {
+                    next = event.offset + 1;
+                    if self.matcher.matches(&event) && !feed.event(event).await {
+                        return;
+                    }
+                }
+                // A long scan with a sparse filter still tells the client where it is.
+                if last_beat.elapsed() >= self.heartbeat {
+                    last_beat = Instant::now();
+                    if !feed.heartbeat(head, next - 1).await {
+                        return;
+                    }
+                }
+            }
+            if !caught_up {
+                caught_up = true;
+                let marker = Message::CaughtUp(CaughtUp {
+                    head_offset: next - 1,
+                });
+                if !feed.send(marker).await {
+                    return;
+                }
+            }
+            let beat_in = self.heartbeat.saturating_sub(last_beat.elapsed());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let resume = next - 1;
+                    feed.fail(Status::unavailable(format!(
+                        "server is shutting down; resume with start.after_offset = {resume}"
+                    ))).await;
+                    return;
+                }
+                _ = feed.tx.closed() => {
+                    debug!(next, "subscriber went away");
+                    return;
+                }
+                changed = head_rx.changed() => {
+                    if changed.is_err() {
+                        feed.fail(Status::unavailable("the event log closed; reconnect")).await;
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(beat_in) => {
+                    last_beat = Instant::now();
+                    let head = *head_rx.borrow();
+                    if !feed.heartbeat(head, next - 1).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sending half, which gives up as soon as the client leaves or the server shuts down.
+struct Feed {
+    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    shutdown: CancellationToken,
+}
+
+impl Feed {
+    async fn event(&mut self, event: Event) -> bool {
+        self.send(Message::Event(event)).await
+    }
+
+    async fn heartbeat(&mut self, head: u64, scanned: u64) -> bool {
+        self.send(Message::Heartbeat(Heartbeat {
+            head_offset: head,
+            scanned_offset: scanned,
+            time: Some(SystemTime::now().into()),
+        }))
+        .await
+    }
+
+    async fn send(&mut self, message: Message) -> bool {
+        let item = Ok(SubscribeResponse {
+            message: Some(message),
+        });
+        tokio::select! {
+            sent = self.tx.send(item) => sent.is_ok(),
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    async fn fail(&mut self, status: Status) {
+        // Best effort: a full channel at shutdown just drops the status with the stream.
+        let _ = self.tx.try_send(Err(status));
+    }
+}

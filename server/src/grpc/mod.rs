@@ -1,0 +1,4 @@
+//! The gRPC surface: thin adapters from generated service traits to the domain modules.
+
+pub mod events;
+pub mod orders;

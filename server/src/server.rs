@@ -1,0 +1,132 @@
+//! Assembles the gRPC server and runs it until shutdown. Made to be called from tests with an
+//! ephemeral listener as well as from `main`.
+
+use std::time::Duration;
+
+use ordo_api::v1::{
+    event_service_server::EventServiceServer, order_service_server::OrderServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::{
+    config::ServerConfig,
+    grpc::{events::EventApi, orders::OrderApi},
+    orders::OrderCommands,
+    store::{SharedLog, SledLog},
+};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the event log: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot build reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
+/// then ends open subscriptions, waits for in-flight calls and closes the log.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let log: SharedLog = SledLog::open(&config.data_dir, config.sync)?;
+    let result = serve(listener, config, log.clone(), shutdown).await;
+    let closing = log.clone();
+    match tokio::task::spawn_blocking(move || closing.close()).await {
+        Ok(Ok(())) => info!("event log closed"),
+        Ok(Err(err)) => warn!(error = %err, "closing the event log failed"),
+        Err(err) => warn!(error = %err, "closing the event log panicked"),
+    }
+    result
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    log: SharedLog,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let max_message = config.limits.max_message_bytes;
+    let orders = OrderServiceServer::new(OrderApi::new(OrderCommands::new(
+        log.clone(),
+        config.limits.clone(),
+    )))
+    .max_decoding_message_size(max_message);
+    let events =
+        EventServiceServer::new(EventApi::new(log.clone(), config.clone(), shutdown.clone()))
+            .max_decoding_message_size(max_message);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<OrderServiceServer<OrderApi>>().await;
+    health.set_serving::<EventServiceServer<EventApi>>().await;
+
+    // grpcurl 1.8 speaks only v1alpha, newer tools v1: serve both.
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordo_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordo_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    spawn_idempotency_sweeper(log.clone(), config.idempotency_retention, shutdown.clone());
+
+    let addr = listener.local_addr()?;
+    info!(%addr, data_dir = %config.data_dir.display(), head = log.head(), "ordo-server listening");
+    let health_on_shutdown = health.clone();
+    let stop = shutdown.clone();
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(orders)
+        .add_service(events)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+            info!("shutting down: ending subscriptions and draining calls");
+            health_on_shutdown
+                .set_not_serving::<OrderServiceServer<OrderApi>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Forgets idempotency keys older than the retention, once a minute.
+fn spawn_idempotency_sweeper(log: SharedLog, retention: Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(retention)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let log = log.clone();
+            match tokio::task::spawn_blocking(move || log.expire_idempotency(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => info!(removed, "expired idempotency keys"),
+                Ok(Err(err)) => warn!(error = %err, "expiring idempotency keys failed"),
+                Err(err) => warn!(error = %err, "idempotency sweeper panicked"),
+            }
+        }
+    });
+}

@@ -1,0 +1,26 @@
+use thiserror::Error;
+
+/// Why the log refused or failed an operation.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("stream {stream_id} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        stream_id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("idempotency key {key} was already used for a different request")]
+    IdempotencyMismatch { key: String },
+    #[error("event id {id} is already stored at offset {offset}")]
+    DuplicateEventId { id: String, offset: u64 },
+    #[error("the log is closed")]
+    Closed,
+    #[error("the log failed earlier and refuses writes until restarted: {0}")]
+    Poisoned(String),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt data at {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+}
