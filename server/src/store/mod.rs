@@ -33,6 +33,22 @@ pub struct AppendBatch {
     pub project: Option<Projector>,
 }
 
+impl AppendBatch {
+    /// A batch that writes only records (e.g. a consumer's cursor), durably and in commit order
+    /// with the events around it.
+    pub fn records_only(records: Vec<RecordWrite>) -> Self {
+        Self {
+            events: Vec::new(),
+            expected_versions: Vec::new(),
+            idempotency: None,
+            project: Some(Box::new(move |_| Projection {
+                records,
+                response: Vec::new(),
+            })),
+        }
+    }
+}
+
 /// Turns the assigned positions into record writes plus the response to remember for an
 /// idempotency key. Runs on the writer, so it must be cheap and must not block.
 pub type Projector = Box<dyn FnOnce(&[Position]) -> Projection + Send>;
