@@ -88,8 +88,7 @@ impl TestServer {
                 .expect("server ran cleanly");
         }
         // Move the dir out without running Drop's cancel twice.
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
     async fn wait_ready(&self) {

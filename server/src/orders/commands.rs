@@ -297,8 +297,8 @@ impl OrderCommands {
         };
         match self.log.idempotent_response(&claim.key)? {
             None => Ok(None),
-            Some((fingerprint, response)) if fingerprint == claim.fingerprint => {
-                decode_order(&response).map(Some)
+            Some(stored) if stored.fingerprint == claim.fingerprint => {
+                decode_order(&stored.response).map(Some)
             }
             Some(_) => Err(StoreError::IdempotencyMismatch {
                 key: claim.key.clone(),

@@ -73,6 +73,16 @@ pub struct IdempotencyClaim {
     pub fingerprint: [u8; 32],
 }
 
+/// A record's key (without the log's internal prefix) and value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// What an idempotency key remembers: which request claimed it and what it answered.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub fingerprint: [u8; 32],
+    pub response: Vec<u8>,
+}
+
 /// Where an appended event landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -130,9 +140,9 @@ pub trait EventLog: Send + Sync + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Record>, StoreError>;
     /// The stored fingerprint and response of an idempotency key, if it is still retained.
-    fn idempotent_response(&self, key: &str) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError>;
+    fn idempotent_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError>;
     /// Drops idempotency keys claimed before `cutoff_ms` (Unix milliseconds); returns how many.
     fn expire_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError>;
     /// Makes everything durable and stops accepting appends; used on graceful shutdown.

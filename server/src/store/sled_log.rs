@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
-    AppendBatch, AppendFuture, EventLog, StoreError, keys,
+    AppendBatch, AppendFuture, EventLog, Record, StoreError, StoredResponse, keys,
     writer::{self, DurableFiles, Job, Writer},
 };
 
@@ -174,7 +174,7 @@ impl EventLog for SledLog {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Record>, StoreError> {
         let full_prefix = keys::record(prefix);
         let start = match after {
             Some(after) => {
@@ -196,7 +196,7 @@ impl EventLog for SledLog {
         Ok(out)
     }
 
-    fn idempotent_response(&self, key: &str) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError> {
+    fn idempotent_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
         writer::read_idempotency(&self.tree, key)
     }
 

@@ -18,7 +18,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
-use super::{AppendBatch, AppendOutcome, Position, StoreError, keys};
+use super::{AppendBatch, AppendOutcome, Position, StoreError, StoredResponse, keys};
 
 /// Most appends folded into one commit; bounds the work done before anyone is answered.
 const MAX_GROUP: usize = 1024;
@@ -146,7 +146,7 @@ struct Group {
     head: u64,
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
-    idempotency: HashMap<String, ([u8; 32], Vec<u8>)>,
+    idempotency: HashMap<String, StoredResponse>,
 }
 
 impl Group {
@@ -168,15 +168,17 @@ impl Group {
         tree: &sled::Tree,
         batch: AppendBatch,
     ) -> Result<AppendOutcome, StoreError> {
-        if let Some(claim) = &batch.idempotency {
-            if let Some((fingerprint, response)) = self.claimed(tree, &claim.key)? {
-                if fingerprint == claim.fingerprint {
-                    return Ok(AppendOutcome::Replayed { response });
-                }
-                return Err(StoreError::IdempotencyMismatch {
-                    key: claim.key.clone(),
+        if let Some(claim) = &batch.idempotency
+            && let Some(stored) = self.claimed(tree, &claim.key)?
+        {
+            if stored.fingerprint == claim.fingerprint {
+                return Ok(AppendOutcome::Replayed {
+                    response: stored.response,
                 });
             }
+            return Err(StoreError::IdempotencyMismatch {
+                key: claim.key.clone(),
+            });
         }
 
         let mut existing = Vec::new();
@@ -270,7 +272,10 @@ impl Group {
             ops.push((keys::idempotency_time(now, &claim.key), Some(Vec::new())));
             self.idempotency.insert(
                 claim.key.clone(),
-                (claim.fingerprint, projection.response.clone()),
+                StoredResponse {
+                    fingerprint: claim.fingerprint,
+                    response: projection.response.clone(),
+                },
             );
         }
 
@@ -299,11 +304,7 @@ impl Group {
         read_version(tree, stream_id)
     }
 
-    fn claimed(
-        &self,
-        tree: &sled::Tree,
-        key: &str,
-    ) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError> {
+    fn claimed(&self, tree: &sled::Tree, key: &str) -> Result<Option<StoredResponse>, StoreError> {
         if let Some(found) = self.idempotency.get(key) {
             return Ok(Some(found.clone()));
         }
@@ -344,7 +345,7 @@ pub(super) fn read_version(tree: &sled::Tree, stream_id: &str) -> Result<u64, St
 pub(super) fn read_idempotency(
     tree: &sled::Tree,
     key: &str,
-) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError> {
+) -> Result<Option<StoredResponse>, StoreError> {
     let Some(value) = tree.get(keys::idempotency(key))? else {
         return Ok(None);
     };
@@ -356,7 +357,10 @@ pub(super) fn read_idempotency(
     }
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(&value[..32]);
-    Ok(Some((fingerprint, value[40..].to_vec())))
+    Ok(Some(StoredResponse {
+        fingerprint,
+        response: value[40..].to_vec(),
+    }))
 }
 
 pub(super) fn decode_offset(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
