@@ -1,0 +1,257 @@
+//! [`OrdoClient`]: one typed method per RPC over a single shared HTTP/2 channel.
+
+use std::time::Duration;
+
+use ordo_api::v1::{
+    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
+    NewEvent, Order, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
+    SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
+    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
+};
+use tonic::{
+    Streaming,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
+
+use crate::{
+    auth::AuthInterceptor,
+    error::{ClientError, Result},
+    subscribe::{SubscribeOptions, Subscription},
+};
+
+type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+
+/// TLS settings. The API has their place so callers can be written now; until Ordo's security
+/// work lands, building a client with them fails with [`ClientError::Config`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// PEM of the CA that signed the server's certificate; `None` means the system roots.
+    pub ca_certificate_pem: Option<Vec<u8>>,
+    /// The name to verify the server's certificate against, if not the URL's host.
+    pub domain_name: Option<String>,
+}
+
+/// Configures an [`OrdoClient`]. Start with [`OrdoClient::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    bearer_token: Option<String>,
+    tls: Option<TlsOptions>,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    lazy: bool,
+}
+
+impl ClientBuilder {
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Connects with TLS. Not supported yet: [`ClientBuilder::connect`] returns an error.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How long to wait for a TCP connection. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A deadline for each unary call. Default none. It does not apply to subscriptions, which
+    /// watch for stalls with heartbeats instead.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Do not dial now: the first call connects. Useful when the server may start later.
+    pub fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Builds the client, connecting now unless [`ClientBuilder::lazy`] was set.
+    pub async fn connect(self) -> Result<OrdoClient> {
+        if self.tls.is_some() || self.url.starts_with("https://") {
+            return Err(ClientError::Config(
+                "TLS is not supported by this client yet; use an http:// address".into(),
+            ));
+        }
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|err| ClientError::Config(format!("invalid address {:?}: {err}", self.url)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // Keepalive pings let a dead connection fail instead of hanging silently.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if let Some(timeout) = self.request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        let channel = if self.lazy {
+            endpoint.connect_lazy()
+        } else {
+            endpoint
+                .connect()
+                .await
+                .map_err(|err| ClientError::Connect {
+                    addr: self.url.clone(),
+                    reason: error_chain(&err),
+                })?
+        };
+        let auth = AuthInterceptor::new(self.bearer_token.as_deref())?;
+        Ok(OrdoClient {
+            orders: OrderServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            events: EventServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            health: HealthClient::with_interceptor(channel, auth),
+            url: self.url,
+        })
+    }
+}
+
+/// The innermost useful text of a transport error ("tcp connect error: Connection refused"):
+/// tonic's own `Display` only says "transport error".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// The server's health as reported by the standard gRPC health service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Serving requests.
+    Serving,
+    /// Up but not serving (e.g. shutting down).
+    NotServing,
+    /// The server does not know the service, or reported something else.
+    Unknown,
+}
+
+/// A connection to an Ordo server. Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct OrdoClient {
+    orders: OrderServiceClient<AuthChannel>,
+    events: EventServiceClient<AuthChannel>,
+    health: HealthClient<AuthChannel>,
+    url: String,
+}
+
+impl OrdoClient {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) with default options.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a client for `url`.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            bearer_token: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            lazy: false,
+        }
+    }
+
+    /// The address this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Creates an order; returns it as stored (status CREATED, version 1).
+    pub async fn create_order(&self, request: CreateOrderRequest) -> Result<Order> {
+        let response = self.orders.clone().create_order(request).await?;
+        expect_order(response.into_inner().order)
+    }
+
+    /// The current order, or with `at_version` the order as it was after that version.
+    pub async fn get_order(&self, order_id: &str, at_version: Option<u64>) -> Result<Order> {
+        let request = GetOrderRequest {
+            order_id: order_id.to_string(),
+            at_version,
+        };
+        let response = self.orders.clone().get_order(request).await?;
+        expect_order(response.into_inner().order)
+    }
+
+    /// One page of orders; pass `next_page_token` back for the next one.
+    pub async fn list_orders(&self, request: ListOrdersRequest) -> Result<ListOrdersResponse> {
+        Ok(self.orders.clone().list_orders(request).await?.into_inner())
+    }
+
+    /// Moves an order one step along its lifecycle; returns the updated order.
+    pub async fn update_order_status(&self, request: UpdateOrderStatusRequest) -> Result<Order> {
+        let response = self.orders.clone().update_order_status(request).await?;
+        expect_order(response.into_inner().order)
+    }
+
+    /// Cancels an order; returns the updated order.
+    pub async fn cancel_order(&self, request: CancelOrderRequest) -> Result<Order> {
+        let response = self.orders.clone().cancel_order(request).await?;
+        expect_order(response.into_inner().order)
+    }
+
+    /// One page of the log.
+    pub async fn read_events(&self, request: ReadEventsRequest) -> Result<ReadEventsResponse> {
+        Ok(self.events.clone().read_events(request).await?.into_inner())
+    }
+
+    /// Appends `events` atomically: all are stored, or none.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<PublishResponse> {
+        let request = PublishRequest { events };
+        Ok(self.events.clone().publish(request).await?.into_inner())
+    }
+
+    /// One raw `Subscribe` call: it ends when the connection does. Most callers want
+    /// [`OrdoClient::subscribe`], which resumes by itself.
+    pub async fn subscribe_once(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Streaming<SubscribeResponse>> {
+        Ok(self.events.clone().subscribe(request).await?.into_inner())
+    }
+
+    /// A subscription that reconnects and resumes across server restarts and network drops, so
+    /// the consumer sees each matching event exactly once, in order.
+    pub fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        Subscription::start(self.clone(), options)
+    }
+
+    /// Asks the gRPC health service about `service` (`""` for the whole server).
+    pub async fn health(&self, service: &str) -> Result<Health> {
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let response = self.health.clone().check(request).await?.into_inner();
+        Ok(
+            match health_check_response::ServingStatus::try_from(response.status) {
+                Ok(health_check_response::ServingStatus::Serving) => Health::Serving,
+                Ok(health_check_response::ServingStatus::NotServing) => Health::NotServing,
+                _ => Health::Unknown,
+            },
+        )
+    }
+}
+
+fn expect_order(order: Option<Order>) -> Result<Order> {
+    order.ok_or_else(|| ClientError::Other {
+        code: tonic::Code::Internal,
+        message: "the server's response carries no order".into(),
+    })
+}
