@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::store::SyncMode;
+use crate::{store::SyncMode, webhooks::WebhookConfig};
 
 /// Everything the server needs to run; `ServerConfig::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -14,6 +14,8 @@ pub struct ServerConfig {
     /// How long idempotency keys are remembered.
     pub idempotency_retention: Duration,
     pub limits: Limits,
+    /// Webhook delivery: SSRF allow-list, timeouts, retry schedule, bounds.
+    pub webhooks: WebhookConfig,
 }
 
 impl ServerConfig {
@@ -24,6 +26,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(5),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             limits: Limits::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }

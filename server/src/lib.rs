@@ -12,6 +12,7 @@ pub mod orders;
 pub mod server;
 pub mod store;
 pub mod validate;
+pub mod webhooks;
 
 pub use config::{Limits, ServerConfig};
 pub use server::run;

@@ -40,6 +40,30 @@ struct Args {
     /// Most Subscribe streams open at once.
     #[arg(long, env = "ORDO_MAX_SUBSCRIBERS", default_value_t = 10_000)]
     max_subscribers: usize,
+    /// Network webhooks may reach although it is not public (SSRF protection refuses loopback,
+    /// private, link-local... by default), in CIDR form, e.g. 127.0.0.0/8. Repeatable.
+    #[arg(
+        long = "webhook-allow-net",
+        env = "ORDO_WEBHOOK_ALLOW_NET",
+        value_delimiter = ','
+    )]
+    webhook_allow_nets: Vec<ordo_server::webhooks::IpNet>,
+    /// Refuse webhook URLs that are not https.
+    #[arg(long, env = "ORDO_WEBHOOK_REQUIRE_HTTPS")]
+    webhook_require_https: bool,
+    /// Timeout of one webhook delivery attempt, in milliseconds.
+    #[arg(long, env = "ORDO_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    webhook_timeout_ms: u64,
+    /// Delays before each webhook retry, in seconds, comma-separated (the first attempt is
+    /// immediate). Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_SCHEDULE_S", value_delimiter = ',')]
+    webhook_retry_schedule_s: Vec<u64>,
+    /// Disable a webhook after this many hours of nothing but failed attempts.
+    #[arg(long, env = "ORDO_WEBHOOK_DISABLE_AFTER_HOURS", default_value_t = 120)]
+    webhook_disable_after_hours: u64,
+    /// Webhook HTTP requests in flight at once, across all webhooks.
+    #[arg(long, env = "ORDO_WEBHOOK_MAX_CONCURRENCY", default_value_t = 64)]
+    webhook_max_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +94,18 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_items_per_order = args.max_items_per_order;
     config.limits.max_message_bytes = args.max_message_bytes;
     config.limits.max_subscribers = args.max_subscribers;
+    config.webhooks.allow_nets = args.webhook_allow_nets;
+    config.webhooks.require_https = args.webhook_require_https;
+    config.webhooks.attempt_timeout = Duration::from_millis(args.webhook_timeout_ms.max(1));
+    if !args.webhook_retry_schedule_s.is_empty() {
+        config.webhooks.retry_schedule = args
+            .webhook_retry_schedule_s
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect();
+    }
+    config.webhooks.disable_after = Duration::from_secs(args.webhook_disable_after_hours * 3600);
+    config.webhooks.max_concurrent_deliveries = args.webhook_max_concurrency.max(1);
 
     let listener = TcpListener::bind(args.listen)
         .await

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ordo_api::v1::{
     event_service_server::EventServiceServer, order_service_server::OrderServiceServer,
+    webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,9 +15,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::ServerConfig,
-    grpc::{events::EventApi, orders::OrderApi},
+    grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi},
     orders::OrderCommands,
     store::{SharedLog, SledLog},
+    webhooks::{WebhookStartError, Webhooks},
 };
 
 /// Why the server could not start or stopped abnormally.
@@ -30,6 +32,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Webhooks(#[from] WebhookStartError),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
@@ -66,9 +70,17 @@ async fn serve(
         EventServiceServer::new(EventApi::new(log.clone(), config.clone(), shutdown.clone()))
             .max_decoding_message_size(max_message);
 
+    // Delivery tasks stop on `shutdown`; joined below before the log is closed.
+    let hooks = Webhooks::start(log.clone(), config.webhooks.clone(), shutdown.clone())?;
+    let webhooks = WebhookServiceServer::new(WebhookApi::new(hooks.clone()))
+        .max_decoding_message_size(max_message);
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrderServiceServer<OrderApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
+    health
+        .set_serving::<WebhookServiceServer<WebhookApi>>()
+        .await;
 
     // grpcurl 1.8 speaks only v1alpha, newer tools v1: serve both.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -86,7 +98,7 @@ async fn serve(
     info!(%addr, data_dir = %config.data_dir.display(), head = log.head(), "ordo-server listening");
     let health_on_shutdown = health.clone();
     let stop = shutdown.clone();
-    Server::builder()
+    let served = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
@@ -95,6 +107,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(orders)
         .add_service(events)
+        .add_service(webhooks)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
             info!("shutting down: ending subscriptions and draining calls");
@@ -102,7 +115,9 @@ async fn serve(
                 .set_not_serving::<OrderServiceServer<OrderApi>>()
                 .await;
         })
-        .await?;
+        .await;
+    hooks.join().await;
+    served?;
     Ok(())
 }
 

@@ -1,0 +1,987 @@
+//! WebhookService, black-box: a real server delivering to real HTTP receivers on 127.0.0.1
+//! (a tiny axum app per test). Signatures are verified here with hmac/sha2 directly, not with
+//! the server's signing code. Retry schedules are in milliseconds so the file stays fast; every
+//! wait has a deadline.
+
+mod common;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use common::TestServer;
+use hmac::{Hmac, Mac};
+use ordo_api::v1::{
+    CreateOrderRequest, CreateWebhookRequest, DeleteWebhookRequest, DeliveryAttempt,
+    DeliveryOutcome, GetWebhookRequest, LineItem, ListDeadLettersRequest, ListDeliveriesRequest,
+    ListWebhooksRequest, Money, NewEvent, OffsetRange, OrderStatus, PublishRequest,
+    RedriveDeadLettersRequest, RotateSecretRequest, StartPosition, StringList,
+    UpdateOrderStatusRequest, UpdateWebhookRequest, Webhook, redrive_dead_letters_request,
+    start_position, webhook_service_client::WebhookServiceClient,
+};
+use ordo_server::ServerConfig;
+use serde_json::Value;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tonic::{Code, transport::Channel};
+
+type Hooks = WebhookServiceClient<Channel>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- receiver
+
+/// What the receiver answers to one request.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    retry_after: Option<&'static str>,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        retry_after: None,
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    content_type: String,
+    body: Vec<u8>,
+    answered: u16,
+    at: Instant,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    seen: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Option<Reply>>,
+}
+
+/// A webhook endpoint on 127.0.0.1 that records every request and answers from a script
+/// (then with the default reply, 200 unless changed).
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, Arc::default())
+    }
+
+    /// Starts on a port chosen earlier (for "receiver down, then up").
+    async fn start_on(addr: SocketAddr, shared: Arc<Shared>) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind again");
+        Self::serve(listener, shared)
+    }
+
+    fn serve(listener: TcpListener, shared: Arc<Shared>) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, shared }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.script.lock().unwrap().extend(replies);
+    }
+
+    fn set_default(&self, reply: Reply) {
+        *self.shared.default.lock().unwrap() = Some(reply);
+    }
+
+    fn seen(&self) -> Vec<Received> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Requests answered with a 2xx.
+    fn delivered(&self) -> Vec<Received> {
+        self.seen()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .collect()
+    }
+
+    async fn wait_delivered(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let delivered = self.delivered();
+            if delivered.len() >= n {
+                return delivered;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} deliveries arrived in {WAIT:?}; seen: {:?}",
+                delivered.len(),
+                self.seen().iter().map(|r| r.answered).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn wait_seen(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} requests arrived",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let reply = shared
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| shared.default.lock().unwrap().clone())
+        .unwrap_or(reply(200));
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    shared.seen.lock().unwrap().push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        content_type: header("content-type"),
+        body: body.to_vec(),
+        answered: reply.status,
+        at: Instant::now(),
+    });
+    let status = StatusCode::from_u16(reply.status).expect("status");
+    match reply.retry_after {
+        Some(after) => (status, [("retry-after", after)], "slow down").into_response(),
+        None => (status, format!("answered {}", reply.status)).into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Standard Webhooks verification, written from the spec: HMAC-SHA256 keyed with the base64
+/// part of the secret over `id.timestamp.body`; any of the space-separated `v1,` entries.
+fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+    let key = B64
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+        .expect("base64 secret");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("hmac key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
+    header.split(' ').any(|sig| sig == expected)
+}
+
+fn assert_signed(secret: &str, r: &Received) {
+    assert!(
+        verify(secret, &r.id, &r.timestamp, &r.body, &r.signature),
+        "signature {:?} does not verify",
+        r.signature
+    );
+    let ts: u64 = r.timestamp.parse().expect("numeric webhook-timestamp");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(ts) < 300, "timestamp {ts} is not current");
+}
+
+fn ms(values: &[u64]) -> Vec<Duration> {
+    values.iter().map(|v| Duration::from_millis(*v)).collect()
+}
+
+/// Local receivers allowed, fast retries.
+fn fast(cfg: &mut ServerConfig, schedule: &[u64]) {
+    cfg.webhooks.allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    cfg.webhooks.retry_schedule = ms(schedule);
+    cfg.webhooks.attempt_timeout = Duration::from_secs(2);
+}
+
+async fn hooks(server: &TestServer) -> Hooks {
+    WebhookServiceClient::new(server.channel().await)
+}
+
+fn create_req(url: &str, types: &[&str]) -> CreateWebhookRequest {
+    CreateWebhookRequest {
+        url: url.into(),
+        event_types: types.iter().map(|t| t.to_string()).collect(),
+        stream_ids: Vec::new(),
+        description: "test".into(),
+        start: None,
+    }
+}
+
+async fn create(hooks: &mut Hooks, req: CreateWebhookRequest) -> (Webhook, String) {
+    let resp = hooks
+        .create_webhook(req)
+        .await
+        .expect("create webhook")
+        .into_inner();
+    (resp.webhook.expect("webhook"), resp.secret)
+}
+
+async fn get(hooks: &mut Hooks, id: &str) -> Webhook {
+    hooks
+        .get_webhook(GetWebhookRequest { id: id.into() })
+        .await
+        .expect("get webhook")
+        .into_inner()
+        .webhook
+        .expect("webhook")
+}
+
+async fn deliveries(hooks: &mut Hooks, id: &str) -> Vec<DeliveryAttempt> {
+    hooks
+        .list_deliveries(ListDeliveriesRequest {
+            webhook_id: id.into(),
+            limit: 1000,
+        })
+        .await
+        .expect("list deliveries")
+        .into_inner()
+        .attempts
+}
+
+/// Publishes one event per `(stream, type)` in one call; returns their ids in order.
+async fn publish(server: &TestServer, events: &[(&str, &str)]) -> Vec<String> {
+    let mut client = server.events().await;
+    let req = PublishRequest {
+        events: events
+            .iter()
+            .enumerate()
+            .map(|(i, (stream, ty))| NewEvent {
+                stream_id: stream.to_string(),
+                r#type: ty.to_string(),
+                datacontenttype: "application/json".into(),
+                data: format!(r#"{{"n":{i}}}"#).into_bytes(),
+                ..NewEvent::default()
+            })
+            .collect(),
+    };
+    client
+        .publish(req)
+        .await
+        .expect("publish")
+        .into_inner()
+        .positions
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+async fn publish_n(server: &TestServer, n: usize) -> Vec<String> {
+    let events: Vec<(&str, &str)> = (0..n).map(|_| ("payment-1", "payment.confirmed")).collect();
+    publish(server, &events).await
+}
+
+fn ids(received: &[Received]) -> Vec<String> {
+    received.iter().map(|r| r.id.clone()).collect()
+}
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn independent_verifier_accepts_the_standard_webhooks_test_vector() {
+    assert!(verify(
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+        "1649367553",
+        br#"{"email":"test@example.com","username":"test_user"}"#,
+        "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+    ));
+}
+
+#[tokio::test]
+async fn order_events_arrive_in_order_with_valid_signatures() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let receiver = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    let (hook, secret) = create(&mut hooks, create_req(&receiver.url(), &["order.*"])).await;
+    assert!(secret.starts_with("whsec_"));
+    assert!(hook.enabled);
+
+    let mut orders = server.orders().await;
+    let order = orders
+        .create_order(CreateOrderRequest {
+            customer_id: "c-1".into(),
+            items: vec![LineItem {
+                sku: "sku-1".into(),
+                quantity: 2,
+                unit_price: Some(Money {
+                    amount_minor: 1250,
+                    currency: "EUR".into(),
+                }),
+            }],
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("create order")
+        .into_inner()
+        .order
+        .expect("order");
+    orders
+        .update_order_status(UpdateOrderStatusRequest {
+            order_id: order.id.clone(),
+            status: OrderStatus::Paid as i32,
+            expected_version: None,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("pay order");
+
+    let got = receiver.wait_delivered(2).await;
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_signed(&secret, r);
+        assert_eq!(r.content_type, "application/json");
+        let ce = r.json();
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["id"], r.id.as_str(), "webhook-id is the event id");
+        assert_eq!(ce["subject"], format!("order-{}", order.id));
+        assert_eq!(ce["datacontenttype"], "application/json");
+        assert!(ce["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+    let (first, second) = (got[0].json(), got[1].json());
+    assert_eq!(first["type"], "order.created");
+    assert_eq!(first["data"]["created"]["orderId"], order.id.as_str());
+    assert_eq!(
+        first["data"]["created"]["items"][0]["unitPrice"]["amountMinor"],
+        "1250"
+    );
+    assert_eq!(second["type"], "order.status_changed");
+    assert_eq!(second["data"]["statusChanged"]["to"], "ORDER_STATUS_PAID");
+    assert!(first["ordooffset"].as_u64() < second["ordooffset"].as_u64());
+
+    let attempts = wait_for("2 recorded deliveries", async || {
+        let a = deliveries(&mut hooks, &hook.id).await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome == DeliveryOutcome::Succeeded as i32 && a.http_status == 200)
+    );
+    // The secret is never shown again.
+    let listed = hooks
+        .list_webhooks(ListWebhooksRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.webhooks.len(), 1);
+    assert!(!format!("{listed:?}").contains(&secret));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn receiver_down_then_up_loses_nothing_and_keeps_order() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[20; 200])).await;
+    // Reserve a port, then close it: connections are refused until the receiver starts.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut hooks = hooks(&server).await;
+    let (hook, secret) = create(
+        &mut hooks,
+        create_req(&format!("http://{addr}/hook"), &["payment.*"]),
+    )
+    .await;
+    let published = publish_n(&server, 5).await;
+    wait_for("a failed attempt", async || {
+        let a = deliveries(&mut hooks, &hook.id).await;
+        (a.len() >= 2).then_some(())
+    })
+    .await;
+    let failed = deliveries(&mut hooks, &hook.id).await;
+    assert!(
+        failed
+            .iter()
+            .all(|a| a.http_status == 0 && !a.error.is_empty())
+    );
+    assert!(
+        failed.iter().all(|a| a.event_id == published[0]),
+        "first event blocks the rest"
+    );
+
+    let receiver = Receiver::start_on(addr, Arc::default()).await;
+    let got = receiver.wait_delivered(5).await;
+    assert_eq!(ids(&got), published);
+    for r in &got {
+        assert_signed(&secret, r);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn n_failures_then_success_records_exactly_n_plus_one_attempts() {
+    const N: usize = 3;
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10, 10, 10, 10, 10])).await;
+    let receiver = Receiver::start().await;
+    receiver.script(std::iter::repeat_n(reply(500), N));
+    let mut hooks = hooks(&server).await;
+    let (hook, secret) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let published = publish_n(&server, 1).await;
+
+    let got = receiver.wait_delivered(1).await;
+    assert_eq!(ids(&got), published);
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), N + 1);
+    assert!(
+        seen.iter().all(|r| r.id == published[0]),
+        "webhook-id is stable across retries"
+    );
+    for r in &seen {
+        assert_signed(&secret, r);
+    }
+    let attempts = wait_for("N+1 recorded attempts", async || {
+        let a = deliveries(&mut hooks, &hook.id).await;
+        (a.len() == N + 1).then_some(a)
+    })
+    .await;
+    // Newest first.
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, vec![4, 3, 2, 1]);
+    assert_eq!(attempts[0].outcome, DeliveryOutcome::Succeeded as i32);
+    for a in &attempts[1..] {
+        assert_eq!(a.http_status, 500);
+        assert_eq!(a.outcome, DeliveryOutcome::RetryScheduled as i32);
+        assert!(a.next_retry_at.is_some());
+        assert!(a.error.contains("answered 500"), "{:?}", a.error);
+    }
+    let hook = get(&mut hooks, &hook.id).await;
+    assert!(hook.failing_since.is_none() && hook.pending_offset == 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_events_are_dead_lettered_then_redriven() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[5, 5])).await;
+    let receiver = Receiver::start().await;
+    // Event 1: permanent failure. Event 2: fails all 3 attempts. Event 3: delivered.
+    receiver.script([reply(400), reply(503), reply(503), reply(503)]);
+    let mut hooks = hooks(&server).await;
+    let (hook, secret) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let published = publish_n(&server, 3).await;
+
+    let got = receiver.wait_delivered(1).await;
+    assert_eq!(ids(&got), vec![published[2].clone()], "delivery moved on");
+    let dead = wait_for("2 dead letters", async || {
+        let d = hooks
+            .list_dead_letters(ListDeadLettersRequest {
+                webhook_id: hook.id.clone(),
+                after_offset: 0,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    assert_eq!(dead[0].event_id, published[0]);
+    assert_eq!((dead[0].attempts, dead[0].last_http_status), (1, 400));
+    assert_eq!(dead[1].event_id, published[1]);
+    assert_eq!((dead[1].attempts, dead[1].last_http_status), (3, 503));
+    assert_eq!(get(&mut hooks, &hook.id).await.dead_letter_count, 2);
+
+    // Redrive one by offset, then the rest by range.
+    let one = hooks
+        .redrive_dead_letters(RedriveDeadLettersRequest {
+            webhook_id: hook.id.clone(),
+            selection: Some(redrive_dead_letters_request::Selection::Offset(
+                dead[1].event_offset,
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.redriven, 1);
+    let got = receiver.wait_delivered(2).await;
+    assert_eq!(got[1].id, published[1]);
+    let rest = hooks
+        .redrive_dead_letters(RedriveDeadLettersRequest {
+            webhook_id: hook.id.clone(),
+            selection: Some(redrive_dead_letters_request::Selection::Range(
+                OffsetRange {
+                    from_offset: 0,
+                    to_offset: u64::MAX,
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.redriven, 1);
+    let got = receiver.wait_delivered(3).await;
+    assert_eq!(got[2].id, published[0]);
+    for r in &got {
+        assert_signed(&secret, r);
+    }
+    let hook = wait_for("empty dead-letter queue", async || {
+        let h = get(&mut hooks, &hook.id).await;
+        (h.dead_letter_count == 0 && h.redrive_pending_count == 0).then_some(h)
+    })
+    .await;
+    let attempts = deliveries(&mut hooks, &hook.id).await;
+    assert!(attempts[0].redrive && attempts[0].outcome == DeliveryOutcome::Succeeded as i32);
+    // Unknown offset is NOT_FOUND; no selection is INVALID_ARGUMENT.
+    let err = hooks
+        .redrive_dead_letters(RedriveDeadLettersRequest {
+            webhook_id: hook.id.clone(),
+            selection: Some(redrive_dead_letters_request::Selection::Offset(999)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = hooks
+        .redrive_dead_letters(RedriveDeadLettersRequest {
+            webhook_id: hook.id.clone(),
+            selection: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restart_mid_retry_resumes_without_loss_or_skips() {
+    let configure = |cfg: &mut ServerConfig| fast(cfg, &[30; 400]);
+    let server = TestServer::start_with(configure).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(reply(500));
+    let mut hooks = hooks(&server).await;
+    let (hook, secret) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let published = publish_n(&server, 4).await;
+    receiver.wait_seen(3).await;
+    let before = get(&mut hooks, &hook.id).await;
+    assert_eq!(before.pending_offset, 1);
+    assert!(before.pending_attempts >= 1);
+    let dir = server.stop().await;
+
+    receiver.set_default(reply(200));
+    let server = TestServer::start_in(dir, configure).await;
+    let got = receiver.wait_delivered(4).await;
+    assert_eq!(
+        ids(&got),
+        published,
+        "nothing lost, nothing skipped, order kept"
+    );
+    for r in &got {
+        assert_signed(&secret, r);
+    }
+    let mut hooks = self::hooks(&server).await;
+    let hook = wait_for("cursor at the last event", async || {
+        let h = get(&mut hooks, &hook.id).await;
+        (h.delivered_through_offset == 4).then_some(h)
+    })
+    .await;
+    let attempts = deliveries(&mut hooks, &hook.id).await;
+    let first_success = attempts
+        .iter()
+        .find(|a| a.event_offset == 1 && a.outcome == DeliveryOutcome::Succeeded as i32)
+        .expect("first event delivered");
+    assert!(
+        first_success.attempt > before.pending_attempts,
+        "attempt count continued across the restart"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn filters_select_what_each_webhook_receives() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let payments = Receiver::start().await;
+    let shipments = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    create(&mut hooks, create_req(&payments.url(), &["payment.*"])).await;
+    let mut only_ship_1 = create_req(&shipments.url(), &["shipment.created"]);
+    only_ship_1.stream_ids = vec!["shipment-1".into()];
+    create(&mut hooks, only_ship_1).await;
+    let published = publish(
+        &server,
+        &[
+            ("payment-1", "payment.confirmed"),
+            ("shipment-1", "shipment.created"),
+            ("shipment-2", "shipment.created"),
+            ("payment-2", "payment.refunded"),
+            ("shipment-1", "shipment.delivered"),
+        ],
+    )
+    .await;
+    let got = payments.wait_delivered(2).await;
+    assert_eq!(ids(&got), vec![published[0].clone(), published[3].clone()]);
+    let got = shipments.wait_delivered(1).await;
+    assert_eq!(ids(&got), vec![published[1].clone()]);
+    // Give any wrong delivery a chance to show up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(payments.seen().len(), 2);
+    assert_eq!(shipments.seen().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn start_position_replays_history() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let published = publish_n(&server, 3).await;
+    let receiver = Receiver::start().await;
+    let late = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    let mut req = create_req(&receiver.url(), &["*"]);
+    req.start = Some(StartPosition {
+        position: Some(start_position::Position::AfterOffset(1)),
+    });
+    create(&mut hooks, req).await;
+    create(&mut hooks, create_req(&late.url(), &["*"])).await;
+    let more = publish_n(&server, 1).await;
+    let got = receiver.wait_delivered(3).await;
+    assert_eq!(
+        ids(&got),
+        vec![published[1].clone(), published[2].clone(), more[0].clone()]
+    );
+    assert_eq!(
+        ids(&late.wait_delivered(1).await),
+        more,
+        "default start is the end"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_without_the_allow_flag() {
+    let server = TestServer::start().await;
+    let mut hooks = hooks(&server).await;
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://10.0.0.7/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:9000/",
+        "http://localhost:8080/hook",
+    ] {
+        let err = hooks
+            .create_webhook(create_req(url, &["*"]))
+            .await
+            .expect_err(url);
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}: {err:?}");
+        assert!(
+            err.message().contains("SSRF") && err.message().contains("--webhook-allow-net"),
+            "{url}: {}",
+            err.message()
+        );
+    }
+    // https-only servers refuse http.
+    let strict = TestServer::start_with(|cfg| cfg.webhooks.require_https = true).await;
+    let err = self::hooks(&strict)
+        .await
+        .create_webhook(create_req("http://example.com/hook", &["*"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("https"), "{}", err.message());
+    server.stop().await;
+    strict.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_codes() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let mut hooks = hooks(&server).await;
+    let cases = [
+        (create_req("not a url", &["*"]), "url"),
+        (create_req("", &["*"]), "url is required"),
+        (create_req("ftp://127.0.0.1/x", &["*"]), "scheme"),
+        (
+            create_req("http://127.0.0.1:9/hook", &[]),
+            "event_types is required",
+        ),
+        (
+            create_req("http://127.0.0.1:9/hook", &["bad type!"]),
+            "event_types",
+        ),
+    ];
+    for (req, needle) in cases {
+        let err = hooks.create_webhook(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
+    }
+    let unknown = "01JUNKNOWNUNKNOWNUNKNOWN00";
+    let err = hooks
+        .get_webhook(GetWebhookRequest { id: unknown.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains(unknown));
+    let err = hooks
+        .update_webhook(UpdateWebhookRequest {
+            id: unknown.into(),
+            enabled: Some(false),
+            ..UpdateWebhookRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = hooks
+        .delete_webhook(DeleteWebhookRequest { id: unknown.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = hooks
+        .list_deliveries(ListDeliveriesRequest {
+            webhook_id: unknown.into(),
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = hooks
+        .rotate_secret(RotateSecretRequest {
+            id: unknown.into(),
+            grace_period_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = hooks
+        .get_webhook(GetWebhookRequest { id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Updating filters to an empty list is refused too.
+    let (hook, _) = create(&mut hooks, create_req("http://127.0.0.1:9/hook", &["*"])).await;
+    let err = hooks
+        .update_webhook(UpdateWebhookRequest {
+            id: hook.id.clone(),
+            event_types: Some(StringList { values: vec![] }),
+            ..UpdateWebhookRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn gone_disables_and_enabling_resumes_with_the_same_event() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let receiver = Receiver::start().await;
+    receiver.script([reply(410)]);
+    let mut hooks = hooks(&server).await;
+    let (hook, _) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let published = publish_n(&server, 2).await;
+    let disabled = wait_for("webhook disabled", async || {
+        let h = get(&mut hooks, &hook.id).await;
+        (!h.enabled).then_some(h)
+    })
+    .await;
+    assert!(
+        disabled.disabled_reason.contains("410"),
+        "{}",
+        disabled.disabled_reason
+    );
+    assert!(disabled.disabled_at.is_some());
+    assert_eq!(
+        deliveries(&mut hooks, &hook.id).await[0].outcome,
+        DeliveryOutcome::WebhookDisabled as i32
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.seen().len(), 1, "nothing is sent while disabled");
+
+    hooks
+        .update_webhook(UpdateWebhookRequest {
+            id: hook.id.clone(),
+            enabled: Some(true),
+            ..UpdateWebhookRequest::default()
+        })
+        .await
+        .unwrap();
+    let got = receiver.wait_delivered(2).await;
+    assert_eq!(ids(&got), published);
+    assert!(get(&mut hooks, &hook.id).await.disabled_reason.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_failing_for_too_long_is_disabled() {
+    let server = TestServer::start_with(|cfg| {
+        fast(cfg, &[20; 100]);
+        cfg.webhooks.disable_after = Duration::from_millis(300);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(reply(503));
+    let mut hooks = hooks(&server).await;
+    let (hook, _) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    publish_n(&server, 1).await;
+    let disabled = wait_for("webhook disabled", async || {
+        let h = get(&mut hooks, &hook.id).await;
+        (!h.enabled).then_some(h)
+    })
+    .await;
+    assert!(
+        disabled.disabled_reason.contains("failed since"),
+        "{}",
+        disabled.disabled_reason
+    );
+    assert!(disabled.failing_since.is_some());
+    assert_eq!(
+        disabled.pending_offset, 1,
+        "the event waits for re-enabling"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_clamped() {
+    let server = TestServer::start_with(|cfg| {
+        fast(cfg, &[5, 5]);
+        cfg.webhooks.max_retry_after = Duration::from_millis(400);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply {
+        status: 429,
+        retry_after: Some("3600"),
+    }]);
+    let mut hooks = hooks(&server).await;
+    create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    publish_n(&server, 1).await;
+    let seen = receiver.wait_delivered(1).await;
+    let all = receiver.seen();
+    assert_eq!(all.len(), 2);
+    let gap = seen[0].at - all[0].at;
+    assert!(
+        gap >= Duration::from_millis(350) && gap < Duration::from_secs(5),
+        "retry after {gap:?}: Retry-After must win over the 5 ms schedule, clamped to 400 ms"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_secret_and_previous_one_both_sign() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let receiver = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    let (hook, old) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let rotated = hooks
+        .rotate_secret(RotateSecretRequest {
+            id: hook.id.clone(),
+            grace_period_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.secret, old);
+    assert!(rotated.previous_secret_expires_at.is_some());
+    publish_n(&server, 1).await;
+    let got = receiver.wait_delivered(1).await;
+    assert_eq!(got[0].signature.split(' ').count(), 2);
+    assert_signed(&rotated.secret, &got[0]);
+    assert_signed(&old, &got[0]);
+    // Delete removes it; later events are not sent.
+    hooks
+        .delete_webhook(DeleteWebhookRequest {
+            id: hook.id.clone(),
+        })
+        .await
+        .unwrap();
+    publish_n(&server, 1).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(receiver.seen().len(), 1);
+    let err = hooks
+        .get_webhook(GetWebhookRequest { id: hook.id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await;
+}
+
+/// Throughput to a local receiver. Run with:
+/// `cargo test --release -p ordo-server --test webhooks -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    const EVENTS: usize = 5000;
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let receiver = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    for _ in 0..EVENTS / 1000 {
+        publish_n(&server, 1000).await;
+    }
+    let mut req = create_req(&receiver.url(), &["*"]);
+    req.start = Some(StartPosition {
+        position: Some(start_position::Position::Start(true)),
+    });
+    let started = Instant::now();
+    create(&mut hooks, req).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while receiver.delivered().len() < EVENTS {
+        assert!(Instant::now() < deadline, "too slow");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "webhook throughput: {EVENTS} events to one local receiver in {elapsed:?} = {:.0} events/s",
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+    server.stop().await;
+}
