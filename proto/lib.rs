@@ -9,6 +9,9 @@ pub mod v1 {
     tonic::include_proto!("ordo.v1");
 }
 
+/// The prost version the generated types are built with, so users encode with the same one.
+pub use prost;
+
 /// The encoded `FileDescriptorSet` of every Ordo proto, for gRPC server reflection, so that
 /// `grpcurl` works with no proto files at hand.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ordo_descriptor");
