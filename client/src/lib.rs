@@ -32,7 +32,7 @@ pub mod cursor;
 mod error;
 pub mod subscribe;
 
-pub use backoff::BackoffPolicy;
+pub use backoff::{Backoff, BackoffPolicy};
 pub use client::{ClientBuilder, Health, OrdoClient, TlsOptions};
 pub use cursor::CursorFile;
 pub use error::{ClientError, Result};

@@ -21,7 +21,8 @@ pub enum Start {
 }
 
 impl Start {
-    pub(crate) fn to_proto(self) -> StartPosition {
+    /// The wire form, for calls such as `ReadEvents` that take a `StartPosition` too.
+    pub fn to_proto(self) -> StartPosition {
         let position = match self {
             Start::Beginning => Position::Start(true),
             Start::End => Position::End(true),

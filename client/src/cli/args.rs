@@ -1,0 +1,273 @@
+//! The command line, declared with clap. Every level's `--help` ends with examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Talk to an Ordo server: manage orders, read and tail the event log, publish events.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordo",
+    version,
+    after_help = "Examples:
+  ordo health
+  ordo orders create --customer cust-1 --item book:2:1250 --currency EUR
+  ordo orders list --status created
+  ordo events tail --from start --follow
+  ordo --json events read --from 1 --limit 10
+
+Exit codes: 0 ok, 1 request failed, 2 bad usage or invalid argument, 69 server unavailable."
+)]
+pub struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// Bearer token sent as `authorization: Bearer <token>`.
+    #[arg(long, global = true, env = "ORDO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON lines (one object per line) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, read and move orders along their lifecycle.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  ordo orders create --customer cust-1 --item book:2:1250 --item pen:1:199
+  ordo orders get 01JD0000000000000000000000
+  ordo orders list --all
+  ordo orders status 01JD0000000000000000000000 paid
+  ordo orders cancel 01JD0000000000000000000000 --reason \"changed my mind\""
+    )]
+    Orders(OrdersCommand),
+    /// Tail, read and publish events of the log.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  ordo events tail --from start --follow
+  ordo events tail --type 'order.*' --cursor-file orders.cursor
+  ordo events read --from 1 --limit 20
+  ordo events publish --stream sensor-7 --type reading.taken --data '{\"celsius\": 21.5}'
+  ordo events publish --from-file events.jsonl"
+    )]
+    Events(EventsCommand),
+    /// Check that the server is up and serving.
+    #[command(after_help = "Examples:
+  ordo health
+  ordo --addr http://10.0.0.5:50051 health --service ordo.v1.EventService")]
+    Health {
+        /// A service name such as `ordo.v1.OrderService`; empty means the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Create an order.
+    #[command(after_help = "Examples:
+  ordo orders create --customer cust-1 --item book:2:1250
+  ordo orders create --customer cust-1 --item book:1:1250 --item pen:3:199 --currency USD --idempotency-key cart-77")]
+    Create {
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        /// A line item as SKU:QUANTITY:UNIT_PRICE, the price in minor units (cents). Repeat
+        /// for several items.
+        #[arg(long = "item", required = true, value_name = "SKU:QTY:PRICE")]
+        items: Vec<String>,
+        /// ISO 4217 currency of every item.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Makes retries safe: the same key returns the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show one order.
+    #[command(after_help = "Examples:
+  ordo orders get 01JD0000000000000000000000
+  ordo orders get 01JD0000000000000000000000 --at-version 1")]
+    Get {
+        /// Order id.
+        id: String,
+        /// Show the order as it was after this version (1 = as created).
+        #[arg(long)]
+        at_version: Option<u64>,
+    },
+    /// List orders, oldest first.
+    #[command(after_help = "Examples:
+  ordo orders list
+  ordo orders list --status paid --all
+  ordo orders list --page-size 10 --page-token <token from the previous page>")]
+    List {
+        /// Only orders in this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Orders per page (server default 50, at most 500).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        page_size: u32,
+        /// Continue from a previous page.
+        #[arg(long, conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Move an order one step: created -> paid -> fulfilled -> delivered.
+    #[command(after_help = "Examples:
+  ordo orders status 01JD0000000000000000000000 paid
+  ordo orders status 01JD0000000000000000000000 fulfilled --expected-version 2")]
+    Status {
+        /// Order id.
+        id: String,
+        /// The new status.
+        #[arg(value_enum)]
+        status: StatusArg,
+        /// Fail with a conflict unless the order is at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Makes retries safe.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Cancel an order that is not delivered yet.
+    #[command(after_help = "Examples:
+  ordo orders cancel 01JD0000000000000000000000 --reason \"out of stock\"")]
+    Cancel {
+        /// Order id.
+        id: String,
+        /// Why, stored with the order.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Fail with a conflict unless the order is at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Makes retries safe.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Created,
+    Paid,
+    Fulfilled,
+    Delivered,
+    Cancelled,
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only events of this type; `prefix*` matches a prefix. Repeat for several.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Only events of this stream; `prefix*` matches a prefix. Repeat for several.
+    #[arg(long = "stream", value_name = "STREAM")]
+    pub streams: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events from a position until caught up, or keep following with --follow.
+    #[command(after_help = "Examples:
+  ordo events tail                                  # history, then exit
+  ordo events tail --from end --follow              # only new events, until Ctrl-C
+  ordo events tail --from 120 --type 'payment.*'    # from offset 120 (inclusive)
+  ordo events tail --cursor-file my.cursor --follow # a rerun continues after the last printed event
+
+The subscription reconnects by itself if the server restarts and never repeats or skips an event.")]
+    Tail {
+        /// Where to begin: `start`, `end`, or an offset (inclusive). A saved cursor wins.
+        #[arg(long, default_value = "start", value_name = "OFFSET|start|end")]
+        from: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Keep the position in this file: a rerun continues exactly after the last printed event.
+        #[arg(long, value_name = "FILE")]
+        cursor_file: Option<PathBuf>,
+        /// Keep printing live events after catching up, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// Heartbeat period asked from the server, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u32,
+    },
+    /// Print one page of events.
+    #[command(after_help = "Examples:
+  ordo events read
+  ordo events read --from 100 --limit 50 --stream 'order-*'")]
+    Read {
+        /// Where to begin: `start`, `end`, or an offset (inclusive).
+        #[arg(long, default_value = "start", value_name = "OFFSET|start|end")]
+        from: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Most events to print (server default 100, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        limit: u32,
+    },
+    /// Append one event, or many from a JSON-lines file.
+    #[command(after_help = "Examples:
+  ordo events publish --stream sensor-7 --type reading.taken --data '{\"celsius\": 21.5}'
+  ordo events publish --stream audit-1 --type user.login --data alice --meta trace=abc
+  ordo events publish --from-file events.jsonl
+
+Each line of a --from-file file is one JSON object:
+  {\"stream_id\": \"sensor-7\", \"type\": \"reading.taken\", \"data\": {\"celsius\": 21.5}}
+Optional keys: id, source, datacontenttype, metadata (object of strings),
+expected_stream_version, data_base64 (instead of data). A JSON `data` value is stored as
+JSON (application/json); a string is stored as its text. Lines without an id get one from
+the CLI, so a retried batch is never stored twice.")]
+    Publish {
+        /// The stream to append to.
+        #[arg(
+            long,
+            required_unless_present = "from_file",
+            conflicts_with = "from_file"
+        )]
+        stream: Option<String>,
+        /// The event type.
+        #[arg(
+            long = "type",
+            required_unless_present = "from_file",
+            conflicts_with = "from_file"
+        )]
+        event_type: Option<String>,
+        /// The payload text.
+        #[arg(long, default_value = "", conflicts_with = "from_file")]
+        data: String,
+        /// Content type of --data; default application/json when it parses as JSON, else
+        /// text/plain.
+        #[arg(long, conflicts_with = "from_file")]
+        content_type: Option<String>,
+        /// Event id (deduplicates retries); default: generated.
+        #[arg(long, conflicts_with = "from_file")]
+        id: Option<String>,
+        /// CloudEvents source.
+        #[arg(long, conflicts_with = "from_file")]
+        source: Option<String>,
+        /// Metadata as KEY=VALUE. Repeat for several.
+        #[arg(long = "meta", value_name = "KEY=VALUE", conflicts_with = "from_file")]
+        metadata: Vec<String>,
+        /// Fail with a conflict unless the stream is at this version (0: must not exist).
+        #[arg(long, conflicts_with = "from_file")]
+        expected_version: Option<u64>,
+        /// Publish every line of this JSON-lines file (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Events per Publish call with --from-file.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        batch_size: u32,
+    },
+}
