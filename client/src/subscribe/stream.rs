@@ -3,6 +3,7 @@
 use std::{
     pin::Pin,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::mpsc, task::AbortHandle};
@@ -13,14 +14,18 @@ use crate::{client::OrdoClient, cursor::CursorFile, error::Result};
 
 /// Items buffered between the background task and the consumer.
 const BUFFER: usize = 256;
+/// While items keep flowing, the cursor file is rewritten at most this often: a rewrite per
+/// event would cost more than the events (measured: 20k events 1.1 s -> 4.3 s).
+const SAVE_EVERY: Duration = Duration::from_millis(200);
 
 /// A self-resuming subscription: a `Stream` of [`SubscriptionItem`]s. It ends only with an
 /// error that retrying cannot fix (e.g. an invalid filter), after `max_attempts`, or never.
 ///
-/// With a cursor file, an item counts as processed once the consumer asks for the next one:
-/// each `poll_next` first saves the position of the items already returned. Call
-/// [`Subscription::commit`] before exiting to save the last one too. So after a crash the
-/// consumer sees at most the one item it was processing again, and never misses one.
+/// With a cursor file, an item counts as processed once the consumer asks for the next one.
+/// The position of processed items is saved whenever the consumer waits for new items, and at
+/// least every 200 ms while a backlog streams; call [`Subscription::commit`] before exiting to
+/// save the last one too. So after a crash the consumer sees at most the last 200 ms of items
+/// again, and never misses one.
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Result<SubscriptionItem>>,
@@ -30,6 +35,7 @@ pub struct Subscription {
     returned: Option<u64>,
     /// Position last written to the cursor file.
     saved: Option<u64>,
+    last_save: Instant,
 }
 
 impl Subscription {
@@ -53,6 +59,7 @@ impl Subscription {
             cursor,
             returned: saved,
             saved,
+            last_save: Instant::now(),
         })
     }
 
@@ -69,6 +76,7 @@ impl Subscription {
         if self.saved != Some(position) {
             cursor.save(position)?;
             self.saved = Some(position);
+            self.last_save = Instant::now();
         }
         Ok(())
     }
@@ -79,11 +87,20 @@ impl Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // Asking for the next item acknowledges the previous ones.
-        if let Err(err) = this.commit() {
+        // Asking for the next item acknowledges the previous ones: save them when the last
+        // save is old, or when there is nothing to deliver right now (idle, so it is cheap).
+        // Saving before taking an item from the channel means an error here loses no item.
+        if this.last_save.elapsed() >= SAVE_EVERY
+            && let Err(err) = this.commit()
+        {
             return Poll::Ready(Some(Err(err)));
         }
         let polled = this.rx.poll_recv(cx);
+        if polled.is_pending()
+            && let Err(err) = this.commit()
+        {
+            return Poll::Ready(Some(Err(err)));
+        }
         if let Poll::Ready(Some(Ok(item))) = &polled
             && let Some(position) = item.position()
         {
