@@ -37,6 +37,7 @@ pub async fn publish(
     let mut seen: HashMap<String, Option<u64>> = HashMap::new();
     let now = SystemTime::now();
     let mut events = Vec::with_capacity(count);
+    let index_ids = req.events.iter().any(|e| !e.id.is_empty());
     for (i, new) in req.events.into_iter().enumerate() {
         check(i, &new, limits)?;
         match seen.get(&new.stream_id) {
@@ -72,6 +73,7 @@ pub async fn publish(
         events,
         expected_versions: expected,
         idempotency: None,
+        index_ids,
         project: None,
     };
     let (positions, deduplicated) = match log.append(batch).await? {

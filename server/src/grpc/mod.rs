@@ -3,3 +3,4 @@
 pub mod events;
 pub mod orders;
 pub mod webhooks;
+pub mod wire;

@@ -254,6 +254,7 @@ impl OrderCommands {
             events: vec![event],
             expected_versions: vec![(stream, version)],
             idempotency: claim,
+            index_ids: false,
             project: Some(Box::new(move |positions| {
                 let mut after = before.clone().unwrap_or_default();
                 if let Some(position) = positions.first() {

@@ -4,9 +4,11 @@
 //! The gRPC layer talks only to the [`EventLog`] trait, so a second backend can be added without
 //! touching it. [`SledLog`] is the embedded default.
 
+mod chunk;
 mod error;
 mod keys;
 mod sled_log;
+mod tail;
 mod writer;
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -14,6 +16,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use ordo_api::v1::Event;
 use tokio::sync::watch;
 
+pub use chunk::{EventKey, RawEvent};
 pub use error::StoreError;
 pub use sled_log::{SledLog, SyncMode};
 
@@ -28,6 +31,10 @@ pub struct AppendBatch {
     /// Claims an idempotency key. If the key is already claimed with the same fingerprint the
     /// batch appends nothing and the stored response is returned instead.
     pub idempotency: Option<IdempotencyClaim>,
+    /// Whether the caller chose the event ids: only then are they indexed and checked for
+    /// duplicates (server-generated ULIDs are unique by construction, and skipping the index
+    /// saves a write per event).
+    pub index_ids: bool,
     /// Computes the records to write atomically with the events, once their positions are known
     /// (e.g. an order's `last_offset`), and the response bytes to store under the idempotency key.
     pub project: Option<Projector>,
@@ -41,6 +48,7 @@ impl AppendBatch {
             events: Vec::new(),
             expected_versions: Vec::new(),
             idempotency: None,
+            index_ids: false,
             project: Some(Box::new(move |_| Projection {
                 records,
                 response: Vec::new(),
@@ -118,7 +126,19 @@ pub trait EventLog: Send + Sync + 'static {
     /// Events with `from <= offset <= head` in offset order: at most `max` of them, and no more
     /// once `max_bytes` of encoded events have been read (but always at least one if any), so a
     /// reader's memory stays bounded whatever the payload sizes.
-    fn read(&self, from: u64, max: usize, max_bytes: usize) -> Result<Vec<Event>, StoreError>;
+    fn read(&self, from: u64, max: usize, max_bytes: usize) -> Result<Vec<Event>, StoreError> {
+        self.read_raw(from, max, max_bytes)?
+            .iter()
+            .map(RawEvent::decode)
+            .collect()
+    }
+    /// [`EventLog::read`] without decoding: subscriptions forward the stored bytes as they are.
+    fn read_raw(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<RawEvent>, StoreError>;
     /// Events of one stream with `from_version <= stream_version <= to_version`, in order.
     fn read_stream(
         &self,

@@ -6,13 +6,14 @@ use std::{
     thread,
 };
 
+use bytes::Bytes;
 use ordo_api::v1::Event;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
-    AppendBatch, AppendFuture, EventLog, Record, StoreError, StoredResponse, keys,
+    AppendBatch, AppendFuture, EventLog, RawEvent, Record, StoreError, StoredResponse, chunk, keys,
+    tail::Tail,
     writer::{self, DurableFiles, Job, Writer},
 };
 
@@ -36,6 +37,7 @@ pub struct SledLog {
     tree: sled::Tree,
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     head_rx: watch::Receiver<u64>,
+    tail: Arc<Tail>,
     writer: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
 }
 
@@ -50,10 +52,13 @@ impl SledLog {
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("log")?;
+        // The head is the last event of the last chunk: one lookup, whatever the log's size.
         let head = match tree.scan_prefix([keys::EVENT]).next_back() {
             Some(entry) => {
-                let (key, _) = entry?;
-                writer::decode_offset(&key[1..], "event key")?
+                let (key, value) = entry?;
+                let first = writer::decode_offset(&key[1..], "event key")?;
+                let count = chunk::parse(first, Bytes::copy_from_slice(&value))?.len() as u64;
+                first + count.saturating_sub(1)
             }
             None => 0,
         };
@@ -64,6 +69,7 @@ impl SledLog {
         info!(head, dir = %dir.display(), ?sync, "event log opened");
 
         let (head_tx, head_rx) = watch::channel(head);
+        let tail = Arc::new(Tail::default());
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             db: db.clone(),
@@ -71,6 +77,7 @@ impl SledLog {
             durability,
             head,
             head_tx,
+            tail: tail.clone(),
         };
         let handle = thread::Builder::new()
             .name("ordo-log-writer".into())
@@ -80,12 +87,39 @@ impl SledLog {
             tree,
             sender: RwLock::new(Some(sender)),
             head_rx,
+            tail,
             writer: std::sync::Mutex::new(Some(handle)),
         }))
     }
 
-    fn decode(bytes: &[u8]) -> Result<Event, StoreError> {
-        Event::decode(bytes).map_err(|e| writer::corrupt("event", e.to_string()))
+    /// Chunks from sled covering `from..=head`, up to about `max_bytes`.
+    fn chunks_from_disk(
+        &self,
+        from: u64,
+        head: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        // The chunk holding `from` is the last one starting at or before it.
+        let start = match self
+            .tree
+            .range(keys::event(0)..=keys::event(from))
+            .next_back()
+        {
+            Some(entry) => entry?.0.to_vec(),
+            None => keys::event(from).to_vec(),
+        };
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for entry in self.tree.range(start..=keys::event(head).to_vec()) {
+            let (key, value) = entry?;
+            let first = writer::decode_offset(&key[1..], "event key")?;
+            bytes += value.len();
+            chunks.push((first, Bytes::copy_from_slice(&value)));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(chunks)
     }
 }
 
@@ -103,21 +137,33 @@ impl EventLog for SledLog {
         })
     }
 
-    fn read(&self, from: u64, max: usize, max_bytes: usize) -> Result<Vec<Event>, StoreError> {
+    fn read_raw(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
         let head = self.head();
         let from = from.max(1);
         if from > head || max == 0 {
             return Ok(Vec::new());
         }
-        let to = head.min(from.saturating_add(max as u64 - 1));
-        let mut events = Vec::with_capacity((to - from + 1) as usize);
+        let chunks = match self.tail.from(from, max_bytes) {
+            Some(chunks) => chunks,
+            None => self.chunks_from_disk(from, head, max_bytes)?,
+        };
+        let mut events = Vec::new();
         let mut bytes = 0;
-        for entry in self.tree.range(keys::event(from)..=keys::event(to)) {
-            let (_, value) = entry?;
-            bytes += value.len();
-            events.push(Self::decode(&value)?);
-            if bytes >= max_bytes {
-                break;
+        for (first, chunk) in chunks {
+            for event in chunk::parse(first, chunk)? {
+                if event.offset < from {
+                    continue;
+                }
+                if event.offset > head || events.len() >= max || bytes >= max_bytes {
+                    return Ok(events);
+                }
+                bytes += event.bytes.len();
+                events.push(event);
             }
         }
         Ok(events)
@@ -129,26 +175,40 @@ impl EventLog for SledLog {
         from_version: u64,
         to_version: u64,
     ) -> Result<Vec<Event>, StoreError> {
-        let head = self.head();
-        let start = keys::stream_entry(stream_id, from_version.max(1));
-        let end = keys::stream_entry(stream_id, to_version);
+        let from_version = from_version.max(1);
         let mut events = Vec::new();
         if from_version > to_version {
             return Ok(events);
         }
-        for entry in self.tree.range(start..=end) {
-            let (_, offset) = entry?;
-            let offset = writer::decode_offset(&offset, "stream index")?;
-            if offset > head {
-                break;
+        let head = self.head();
+        // The index entry holding `from_version` starts at or before it.
+        let start = match self
+            .tree
+            .range(keys::stream_entry(stream_id, 0)..=keys::stream_entry(stream_id, from_version))
+            .next_back()
+        {
+            Some(entry) => entry?.0.to_vec(),
+            None => keys::stream_entry(stream_id, from_version),
+        };
+        for entry in self
+            .tree
+            .range(start..=keys::stream_entry(stream_id, to_version))
+        {
+            let (key, value) = entry?;
+            let first = writer::decode_offset(&key[key.len() - 8..], "stream index key")?;
+            for (i, offset) in chunk::unpack_offsets(&value)?.into_iter().enumerate() {
+                let version = first + i as u64;
+                if version < from_version || version > to_version || offset > head {
+                    continue;
+                }
+                let Some(event) = self.read_raw(offset, 1, 1)?.into_iter().next() else {
+                    return Err(writer::corrupt(
+                        "stream index",
+                        format!("offset {offset} missing"),
+                    ));
+                };
+                events.push(event.decode()?);
             }
-            let Some(bytes) = self.tree.get(keys::event(offset))? else {
-                return Err(writer::corrupt(
-                    "stream index",
-                    format!("offset {offset} missing"),
-                ));
-            };
-            events.push(Self::decode(&bytes)?);
         }
         Ok(events)
     }

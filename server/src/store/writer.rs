@@ -10,15 +10,20 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use ordo_api::v1::Event;
-use prost::Message;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
-use super::{AppendBatch, AppendOutcome, Position, StoreError, StoredResponse, keys};
+use super::{
+    AppendBatch, AppendOutcome, Position, StoreError, StoredResponse,
+    chunk::{self, ChunkWriter},
+    keys,
+    tail::Tail,
+};
 
 /// Most appends folded into one commit; bounds the work done before anyone is answered.
 const MAX_GROUP: usize = 1024;
@@ -35,6 +40,8 @@ pub(super) struct Writer {
     pub durability: Option<DurableFiles>,
     pub head: u64,
     pub head_tx: watch::Sender<u64>,
+    /// Recent chunks for live subscribers, updated before the head moves.
+    pub tail: Arc<Tail>,
 }
 
 impl Writer {
@@ -75,11 +82,14 @@ impl Writer {
             replies.push((job.reply, result));
         }
         if group.ops > 0 {
-            if let Err(err) = self.persist(group.batch) {
+            if let Err(err) = self.persist(std::mem::take(&mut group.batch)) {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Poisoned(err.to_string())));
                 }
                 return Err(err);
+            }
+            for (first, chunk) in group.chunks {
+                self.tail.push(first, chunk);
             }
             self.head = group.head;
             self.head_tx.send_replace(self.head);
@@ -147,6 +157,8 @@ struct Group {
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
     idempotency: HashMap<String, StoredResponse>,
+    /// (first offset, chunk) of every batch staged, for the in-memory tail once durable.
+    chunks: Vec<(u64, Bytes)>,
 }
 
 impl Group {
@@ -158,6 +170,7 @@ impl Group {
             versions: HashMap::new(),
             event_ids: HashMap::new(),
             idempotency: HashMap::new(),
+            chunks: Vec::new(),
         }
     }
 
@@ -181,23 +194,25 @@ impl Group {
             });
         }
 
-        let mut existing = Vec::new();
-        for event in &batch.events {
-            if let Some(position) = self.stored_position(tree, &event.id)? {
-                existing.push(position);
+        if batch.index_ids {
+            let mut existing = Vec::new();
+            for event in &batch.events {
+                if let Some(position) = self.stored_position(tree, &event.id)? {
+                    existing.push(position);
+                }
             }
-        }
-        if !existing.is_empty() {
-            if existing.len() == batch.events.len() {
-                return Ok(AppendOutcome::Deduplicated {
-                    positions: existing,
+            if !existing.is_empty() {
+                if existing.len() == batch.events.len() {
+                    return Ok(AppendOutcome::Deduplicated {
+                        positions: existing,
+                    });
+                }
+                let first = &existing[0];
+                return Err(StoreError::DuplicateEventId {
+                    id: first.id.clone(),
+                    offset: first.offset,
                 });
             }
-            let first = &existing[0];
-            return Err(StoreError::DuplicateEventId {
-                id: first.id.clone(),
-                offset: first.offset,
-            });
         }
 
         for (stream_id, expected) in &batch.expected_versions {
@@ -211,36 +226,42 @@ impl Group {
             }
         }
 
-        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            Vec::with_capacity(batch.events.len() * 3 + 4);
-        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(8);
+        // Per stream touched: (version before this batch, offsets of its events in this batch).
+        let mut streams: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
         let mut positions = Vec::with_capacity(batch.events.len());
-        let mut batch_ids = HashSet::with_capacity(batch.events.len());
+        let mut batch_ids = HashSet::new();
+        let mut chunk = ChunkWriter::default();
+        let first_offset = self.head + 1;
         let mut offset = self.head;
         for mut event in batch.events {
             offset += 1;
-            let version = match versions.get(&event.stream_id) {
-                Some(v) => v + 1,
-                None => self.version(tree, &event.stream_id)? + 1,
-            };
-            if !batch_ids.insert(event.id.clone()) {
+            if batch.index_ids && !batch_ids.insert(event.id.clone()) {
                 return Err(StoreError::DuplicateEventId {
                     id: event.id,
                     offset: 0,
                 });
             }
-            versions.insert(event.stream_id.clone(), version);
+            let version = match streams.get_mut(&event.stream_id) {
+                Some((before, offsets)) => {
+                    offsets.push(offset);
+                    *before + offsets.len() as u64
+                }
+                None => {
+                    let before = self.version(tree, &event.stream_id)?;
+                    streams.insert(event.stream_id.clone(), (before, vec![offset]));
+                    before + 1
+                }
+            };
             event.offset = offset;
             event.stream_version = version;
-            ops.push((keys::event(offset).to_vec(), Some(event.encode_to_vec())));
-            ops.push((
-                keys::stream_entry(&event.stream_id, version),
-                Some(offset.to_be_bytes().to_vec()),
-            ));
-            ops.push((
-                keys::event_id(&event.id),
-                Some(offset.to_be_bytes().to_vec()),
-            ));
+            chunk.push(&event);
+            if batch.index_ids {
+                ops.push((
+                    keys::event_id(&event.id),
+                    Some(encode_position(offset, version, &event.stream_id)),
+                ));
+            }
             positions.push(Position {
                 id: event.id,
                 offset,
@@ -248,7 +269,18 @@ impl Group {
                 stream_version: version,
             });
         }
-        for (stream_id, version) in &versions {
+        let mut new_chunk = None;
+        if !positions.is_empty() {
+            let bytes = chunk.finish();
+            ops.push((keys::event(first_offset).to_vec(), Some(bytes.clone())));
+            new_chunk = Some((first_offset, Bytes::from(bytes)));
+        }
+        for (stream_id, (before, offsets)) in &streams {
+            ops.push((
+                keys::stream_entry(stream_id, before + 1),
+                Some(chunk::pack_offsets(offsets)),
+            ));
+            let version = before + offsets.len() as u64;
             ops.push((
                 keys::stream_version(stream_id),
                 Some(version.to_be_bytes().to_vec()),
@@ -287,10 +319,16 @@ impl Group {
             }
         }
         self.head = offset;
-        self.versions.extend(versions);
-        for position in &positions {
-            self.event_ids.insert(position.id.clone(), position.clone());
+        for (stream_id, (before, offsets)) in streams {
+            self.versions
+                .insert(stream_id, before + offsets.len() as u64);
         }
+        if batch.index_ids {
+            for position in &positions {
+                self.event_ids.insert(position.id.clone(), position.clone());
+            }
+        }
+        self.chunks.extend(new_chunk);
         Ok(AppendOutcome::Appended {
             positions,
             response: projection.response,
@@ -315,24 +353,32 @@ impl Group {
         if let Some(position) = self.event_ids.get(id) {
             return Ok(Some(position.clone()));
         }
-        let Some(offset) = tree.get(keys::event_id(id))? else {
-            return Ok(None);
-        };
-        let offset = decode_offset(&offset, "event id index")?;
-        let Some(bytes) = tree.get(keys::event(offset))? else {
-            return Err(corrupt(
-                "event id index",
-                format!("offset {offset} missing"),
-            ));
-        };
-        let event = Event::decode(bytes.as_ref()).map_err(|e| corrupt("event", e.to_string()))?;
-        Ok(Some(Position {
-            id: event.id,
-            offset,
-            stream_id: event.stream_id,
-            stream_version: event.stream_version,
-        }))
+        match tree.get(keys::event_id(id))? {
+            Some(value) => decode_position(id, &value).map(Some),
+            None => Ok(None),
+        }
     }
+}
+
+/// The event id index value: offset, stream version, stream id.
+fn encode_position(offset: u64, version: u64, stream_id: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16 + stream_id.len());
+    value.extend_from_slice(&offset.to_be_bytes());
+    value.extend_from_slice(&version.to_be_bytes());
+    value.extend_from_slice(stream_id.as_bytes());
+    value
+}
+
+fn decode_position(id: &str, value: &[u8]) -> Result<Position, StoreError> {
+    if value.len() < 16 {
+        return Err(corrupt("event id index", format!("{} bytes", value.len())));
+    }
+    Ok(Position {
+        id: id.to_string(),
+        offset: decode_offset(&value[..8], "event id index")?,
+        stream_version: decode_offset(&value[8..16], "event id index")?,
+        stream_id: String::from_utf8_lossy(&value[16..]).into_owned(),
+    })
 }
 
 pub(super) fn read_version(tree: &sled::Tree, stream_id: &str) -> Result<u64, StoreError> {

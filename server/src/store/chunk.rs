@@ -1,0 +1,105 @@
+//! The on-disk unit of the log: one sled value per append batch, holding that batch's events.
+//!
+//! Storing a batch as one value (keyed by its first offset) instead of one value per event cuts
+//! sled inserts per event from several to a fraction of one, which is where batched appends and
+//! catch-up reads spend their time. Inside, each event is `varint(len) + encoded Event`, so a
+//! reader can hand out each event's bytes (a zero-copy slice of the chunk) without decoding it.
+
+use bytes::Bytes;
+use ordo_api::v1::Event;
+use prost::{
+    Message,
+    encoding::{decode_varint, encode_varint, encoded_len_varint},
+};
+
+use super::{StoreError, writer::corrupt};
+
+/// One stored event, still encoded: what subscriptions send on unchanged.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub offset: u64,
+    /// The protobuf encoding of the `Event` (offset and stream_version included).
+    pub bytes: Bytes,
+}
+
+impl RawEvent {
+    pub fn decode(&self) -> Result<Event, StoreError> {
+        Event::decode(self.bytes.as_ref()).map_err(|e| corrupt("event", e.to_string()))
+    }
+
+    /// Just the fields filters look at; prost skips the rest without allocating for them.
+    pub fn key(&self) -> Result<EventKey, StoreError> {
+        EventKey::decode(self.bytes.as_ref()).map_err(|e| corrupt("event", e.to_string()))
+    }
+}
+
+/// The `type` and `stream_id` fields of an `Event`, decoded alone (same field numbers).
+#[derive(Clone, PartialEq, Message)]
+pub struct EventKey {
+    #[prost(string, tag = "4")]
+    pub r#type: String,
+    #[prost(string, tag = "6")]
+    pub stream_id: String,
+}
+
+/// Builds a chunk from events in offset order.
+#[derive(Default)]
+pub struct ChunkWriter {
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    pub fn push(&mut self, event: &Event) {
+        let len = event.encoded_len();
+        self.buf.reserve(len + encoded_len_varint(len as u64));
+        encode_varint(len as u64, &mut self.buf);
+        // Encoding into a Vec cannot run out of room.
+        let _ = event.encode(&mut self.buf);
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Splits a chunk whose first event has offset `first` into its events.
+pub fn parse(first: u64, chunk: Bytes) -> Result<Vec<RawEvent>, StoreError> {
+    let mut events = Vec::new();
+    let mut rest = &chunk[..];
+    let mut offset = first;
+    while !rest.is_empty() {
+        let len = decode_varint(&mut rest).map_err(|e| corrupt("chunk", e.to_string()))? as usize;
+        if len > rest.len() {
+            return Err(corrupt(
+                "chunk",
+                format!("event at offset {offset} is truncated"),
+            ));
+        }
+        let start = chunk.len() - rest.len();
+        events.push(RawEvent {
+            offset,
+            bytes: chunk.slice(start..start + len),
+        });
+        rest = &rest[len..];
+        offset += 1;
+    }
+    Ok(events)
+}
+
+/// Packs the offsets of one stream's events within a batch (the stream index value).
+pub fn pack_offsets(offsets: &[u64]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(offsets.len() * 3);
+    for offset in offsets {
+        encode_varint(*offset, &mut buf);
+    }
+    buf
+}
+
+pub fn unpack_offsets(mut bytes: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let mut offsets = Vec::new();
+    while !bytes.is_empty() {
+        offsets
+            .push(decode_varint(&mut bytes).map_err(|e| corrupt("stream index", e.to_string()))?);
+    }
+    Ok(offsets)
+}
