@@ -23,6 +23,8 @@ const CHANNEL_DEPTH: usize = 64;
 /// Events read from the store per step.
 const READ_CHUNK_EVENTS: usize = 512;
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a stream ending on shutdown waits for its client to make room for the final status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
 
@@ -66,15 +68,18 @@ impl Subscription {
                     }
                 };
                 for event in events {
-                    next = event.offset + 1;
+                    let offset = event.offset;
                     if self.matcher.matches(&event) && !feed.event(event).await {
+                        feed.end(offset - 1).await;
                         return;
                     }
+                    next = offset + 1;
                 }
                 // A long scan with a sparse filter still tells the client where it is.
                 if last_beat.elapsed() >= self.heartbeat {
                     last_beat = Instant::now();
                     if !feed.heartbeat(head, next - 1).await {
+                        feed.end(next - 1).await;
                         return;
                     }
                 }
@@ -85,16 +90,14 @@ impl Subscription {
                     head_offset: next - 1,
                 });
                 if !feed.send(marker).await {
+                    feed.end(next - 1).await;
                     return;
                 }
             }
             let beat_in = self.heartbeat.saturating_sub(last_beat.elapsed());
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
-                    let resume = next - 1;
-                    feed.fail(Status::unavailable(format!(
-                        "server is shutting down; resume with start.after_offset = {resume}"
-                    ))).await;
+                    feed.end(next - 1).await;
                     return;
                 }
                 _ = feed.tx.closed() => {
@@ -111,6 +114,7 @@ impl Subscription {
                     last_beat = Instant::now();
                     let head = *head_rx.borrow();
                     if !feed.heartbeat(head, next - 1).await {
+                        feed.end(next - 1).await;
                         return;
                     }
                 }
@@ -147,6 +151,19 @@ impl Feed {
             sent = self.tx.send(item) => sent.is_ok(),
             _ = self.shutdown.cancelled() => false,
         }
+    }
+
+    /// On shutdown, ends the stream with UNAVAILABLE naming the resume point, so the client can
+    /// tell it from a clean end. Waits a moment for room: the channel may be full of history the
+    /// client is still reading. Does nothing if the client went away.
+    async fn end(&mut self, resume: u64) {
+        if !self.shutdown.is_cancelled() {
+            return;
+        }
+        let status = Status::unavailable(format!(
+            "server is shutting down; resume with start.after_offset = {resume}"
+        ));
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tx.send(Err(status))).await;
     }
 
     async fn fail(&mut self, status: Status) {
