@@ -5,7 +5,7 @@ mod common;
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use common::TestServer;
+use common::{ChildServer, TestServer};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -411,6 +411,78 @@ async fn follow_prints_live_events_and_ctrl_c_exits_cleanly_saving_the_cursor() 
         std::fs::read_to_string(&cursor).expect("cursor").trim(),
         "3"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_survives_a_kill9_restart_of_the_server_without_gap_or_repeat() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut server = ChildServer::start(data.path(), None, &[]).await;
+    let addr = server.url();
+    for _ in 0..3 {
+        ok(
+            &addr,
+            &["events", "publish", "--stream", "s-1", "--type", "t.before"],
+        )
+        .await;
+    }
+    let mut child = Command::new(ORDO)
+        .args(["--addr", &addr, "--json", "events", "tail", "--follow"])
+        .args(["--heartbeat-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tail");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut offsets = Vec::new();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line within 20 s")
+            .expect("read")
+            .expect("not closed");
+        serde_json::from_str(&line).expect("json line")
+    };
+    loop {
+        let value = next().await;
+        if value.get("caught_up").is_some() {
+            break;
+        }
+        offsets.extend(value["offset"].as_u64());
+    }
+    let port = server.addr.port();
+    server.kill9();
+    server = ChildServer::start(data.path(), Some(port), &[]).await;
+    for _ in 0..3 {
+        ok(
+            &addr,
+            &["events", "publish", "--stream", "s-1", "--type", "t.after"],
+        )
+        .await;
+    }
+    while offsets.len() < 6 {
+        let value = next().await;
+        assert!(
+            value.get("caught_up").is_none(),
+            "caught_up is printed once: {value}"
+        );
+        offsets.extend(value["offset"].as_u64());
+    }
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6]);
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits after Ctrl-C")
+        .expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    drop(server);
 }
 
 fn write_lines(path: &Path, lines: &[String]) {

@@ -376,3 +376,51 @@ async fn subscription_survives_kill9_restarts_with_no_gap_and_no_duplicate() {
         "kill9 test: {sent} events, {RESTARTS} restarts, producer retries {failures}, reconnects {all_reconnects}/{alpha_reconnects}"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_detected_and_retried() {
+    // Accepts TCP connections and never speaks HTTP/2.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let client = OrdoClient::builder(format!("http://{addr}"))
+        .lazy(true)
+        .connect()
+        .await
+        .expect("lazy client");
+    let mut sub = client
+        .subscribe(
+            SubscribeOptions::new()
+                .heartbeat(Duration::from_millis(100))
+                .backoff(fast_backoff())
+                .max_attempts(2),
+        )
+        .expect("subscribe");
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the stall is noticed within 10 s");
+    match first {
+        Some(Ok(SubscriptionItem::Reconnecting { attempt, .. })) => assert_eq!(attempt, 1),
+        other => panic!("expected a reconnect, got {other:?}"),
+    }
+    // After max_attempts the subscription gives up with a typed error instead of hanging.
+    let mut last = None;
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("progress within 10 s")
+    {
+        last = Some(item);
+        if matches!(last, Some(Err(_))) {
+            break;
+        }
+    }
+    assert!(
+        matches!(last, Some(Err(ClientError::Unavailable(_)))),
+        "{last:?}"
+    );
+}

@@ -50,3 +50,29 @@ impl Interceptor for AuthInterceptor {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_becomes_a_bearer_header_and_no_token_adds_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut with = AuthInterceptor::new(Some("s3cret"))?;
+        let request = with.call(Request::new(()))?;
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(header, Some("Bearer s3cret"));
+        assert!(
+            !format!("{with:?}").contains("s3cret"),
+            "the token is never printed"
+        );
+
+        let mut without = AuthInterceptor::new(None)?;
+        let request = without.call(Request::new(()))?;
+        assert!(request.metadata().get("authorization").is_none());
+        Ok(())
+    }
+}

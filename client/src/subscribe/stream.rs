@@ -10,7 +10,11 @@ use tokio::{sync::mpsc, task::AbortHandle};
 use tokio_stream::Stream;
 
 use super::{item::SubscriptionItem, options::SubscribeOptions, task::Task};
-use crate::{client::OrdoClient, cursor::CursorFile, error::Result};
+use crate::{
+    client::OrdoClient,
+    cursor::CursorFile,
+    error::{ClientError, Result},
+};
 
 /// Items buffered between the background task and the consumer.
 const BUFFER: usize = 256;
@@ -52,7 +56,11 @@ impl Subscription {
             resume_after: saved,
             tx,
         };
-        let task = tokio::spawn(task.run()).abort_handle();
+        // Fail with an error, not tokio's panic, when called outside a runtime.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::Config("subscribe must be called from within a tokio runtime".into())
+        })?;
+        let task = runtime.spawn(task.run()).abort_handle();
         Ok(Self {
             rx,
             task,

@@ -43,11 +43,18 @@ pub(super) struct Task {
 impl Task {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(self.options.backoff);
+        let stall = self.stall_timeout();
         loop {
-            let ended = match self.client.subscribe_once(self.request()).await {
-                Ok(stream) => self.forward(stream, &mut backoff).await,
-                Err(err) if err.is_retryable() => Ended::Retry(err.to_string()),
-                Err(err) => Ended::Fatal(err),
+            // A server that accepts the call but never answers must not hang us either.
+            let opened = tokio::time::timeout(stall, self.client.subscribe_once(self.request()));
+            let ended = match opened.await {
+                Ok(Ok(stream)) => self.forward(stream, &mut backoff).await,
+                Ok(Err(err)) if err.is_retryable() => Ended::Retry(err.to_string()),
+                Ok(Err(err)) => Ended::Fatal(err),
+                Err(_) => Ended::Retry(format!(
+                    "no answer to Subscribe within {} ms",
+                    stall.as_millis()
+                )),
             };
             let reason = match ended {
                 Ended::ConsumerGone => return,
@@ -83,6 +90,14 @@ impl Task {
         }
     }
 
+    /// How long a silent connection is trusted: three heartbeat periods.
+    fn stall_timeout(&self) -> Duration {
+        self.options
+            .heartbeat
+            .max(Duration::from_millis(100))
+            .saturating_mul(STALL_HEARTBEATS)
+    }
+
     /// Resume after the last forwarded position; the original start only before the first one.
     fn request(&self) -> SubscribeRequest {
         let start = match self.resume_after {
@@ -104,11 +119,7 @@ impl Task {
         mut stream: Streaming<SubscribeResponse>,
         backoff: &mut Backoff,
     ) -> Ended {
-        let stall = self
-            .options
-            .heartbeat
-            .max(Duration::from_millis(100))
-            .saturating_mul(STALL_HEARTBEATS);
+        let stall = self.stall_timeout();
         loop {
             let message = tokio::select! {
                 _ = self.tx.closed() => return Ended::ConsumerGone,
