@@ -955,33 +955,134 @@ async fn rotated_secret_and_previous_one_both_sign() {
     server.stop().await;
 }
 
-/// Throughput to a local receiver. Run with:
+/// The official Standard Webhooks library (Python) verifies real deliveries, including the
+/// two-signature header of a rotation. Needs `pip install standardwebhooks`; without it the test
+/// says so and passes, since the signature scheme is also checked by `verify` above.
+#[tokio::test]
+async fn official_standard_webhooks_library_verifies_deliveries() {
+    let has_library = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_library {
+        eprintln!("skipped: python3 with the standardwebhooks package is not installed");
+        return;
+    }
+    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
+    let receiver = Receiver::start().await;
+    let mut hooks = hooks(&server).await;
+    let (hook, old) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    publish_n(&server, 1).await;
+    receiver.wait_delivered(1).await;
+    let new = hooks
+        .rotate_secret(RotateSecretRequest {
+            id: hook.id.clone(),
+            grace_period_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    publish_n(&server, 1).await;
+    let got = receiver.wait_delivered(2).await;
+    // Leading spaces matter to Python: keep the script's lines unindented in the literal.
+    let script = [
+        "import sys, json, base64",
+        "from standardwebhooks.webhooks import Webhook",
+        "for case in json.load(sys.stdin):",
+        "    try:",
+        "        Webhook(case['secret']).verify(base64.b64decode(case['body']), case['headers'])",
+        "        ok = True",
+        "    except Exception:",
+        "        ok = False",
+        "    assert ok == case['valid'], case",
+        "print('verified', flush=True)",
+    ]
+    .join("\n");
+    // A secret that never signed anything must be refused: the check is not vacuous.
+    let stranger = format!("whsec_{}", B64.encode([7u8; 32]));
+    let cases: Vec<Value> = [
+        (&old, &got[0], true),
+        (&new, &got[1], true),
+        (&old, &got[1], true),
+        (&new, &got[0], false),
+        (&stranger, &got[1], false),
+    ]
+    .iter()
+    .map(|(secret, r, valid)| {
+        serde_json::json!({
+            "secret": secret,
+            "valid": valid,
+            "body": B64.encode(&r.body),
+            "headers": {
+                "webhook-id": r.id,
+                "webhook-timestamp": r.timestamp,
+                "webhook-signature": r.signature,
+            },
+        })
+    })
+    .collect();
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&cases).unwrap())
+        .unwrap();
+    let output = child.wait_with_output().expect("python3 output");
+    assert!(
+        output.status.success(),
+        "standardwebhooks refused a delivery"
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "verified");
+    server.stop().await;
+}
+
+/// Throughput to local receivers: one webhook (strictly ordered, so one request at a time),
+/// then four webhooks fed the same events concurrently. Run with:
 /// `cargo test --release -p ordo-server --test webhooks -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn throughput() {
     const EVENTS: usize = 5000;
     let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
-    let receiver = Receiver::start().await;
     let mut hooks = hooks(&server).await;
     for _ in 0..EVENTS / 1000 {
         publish_n(&server, 1000).await;
     }
-    let mut req = create_req(&receiver.url(), &["*"]);
-    req.start = Some(StartPosition {
-        position: Some(start_position::Position::Start(true)),
-    });
-    let started = Instant::now();
-    create(&mut hooks, req).await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while receiver.delivered().len() < EVENTS {
-        assert!(Instant::now() < deadline, "too slow");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for webhooks in [1, 4] {
+        let mut receivers = Vec::new();
+        let started = Instant::now();
+        for _ in 0..webhooks {
+            let receiver = Receiver::start().await;
+            let mut req = create_req(&receiver.url(), &["*"]);
+            req.start = Some(StartPosition {
+                position: Some(start_position::Position::Start(true)),
+            });
+            create(&mut hooks, req).await;
+            receivers.push(receiver);
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while receivers.iter().any(|r| r.delivered().len() < EVENTS) {
+            assert!(Instant::now() < deadline, "too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = started.elapsed();
+        let total = EVENTS * webhooks;
+        println!(
+            "webhook throughput: {webhooks} webhook(s) x {EVENTS} events = {total} deliveries in {elapsed:.2?} = {:.0} deliveries/s",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        for receiver in &receivers {
+            assert_eq!(receiver.seen().len(), EVENTS, "no retries, no duplicates");
+        }
     }
-    let elapsed = started.elapsed();
-    println!(
-        "webhook throughput: {EVENTS} events to one local receiver in {elapsed:?} = {:.0} events/s",
-        EVENTS as f64 / elapsed.as_secs_f64()
-    );
     server.stop().await;
 }

@@ -15,6 +15,7 @@
 //! that one event (with the same `webhook-id`, for receivers to deduplicate).
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -34,9 +35,10 @@ use super::{
 };
 use crate::{events::filter::Matcher, store::StoreError};
 
-/// Events read from the log per step.
-const READ_CHUNK_EVENTS: usize = 256;
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// Read-ahead per webhook: at most this many events and (beyond the first) bytes, so even the
+/// maximum number of webhooks holds a bounded amount of the log in memory.
+const READ_CHUNK_EVENTS: usize = 128;
+const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Response body bytes kept in an attempt record to explain a failure.
 const MAX_ERROR_BODY: usize = 512;
 /// Pause after an unexpected storage error before the task tries again.
@@ -82,6 +84,9 @@ pub struct DeliveryTask {
     cancel: CancellationToken,
     wake: Arc<Notify>,
     head: watch::Receiver<u64>,
+    /// Read-ahead: the log from `delivered_through + 1` on, one bounded chunk at most, so
+    /// delivering a chunk costs one read rather than one per event.
+    ahead: VecDeque<Event>,
 }
 
 impl DeliveryTask {
@@ -93,6 +98,7 @@ impl DeliveryTask {
             cancel,
             wake,
             head,
+            ahead: VecDeque::new(),
         }
     }
 
@@ -184,25 +190,42 @@ impl DeliveryTask {
         }
 
         let from = cursor.delivered_through + 1;
-        let head = *self.head.borrow_and_update();
-        if from > head {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Ok(Flow::Stop),
-                changed = self.head.changed() => if changed.is_err() {
-                    return Ok(Flow::Stop);
-                },
-                _ = self.wake.notified() => {}
+        while self.ahead.front().is_some_and(|e| e.offset < from) {
+            self.ahead.pop_front();
+        }
+        if self.ahead.front().is_some_and(|e| e.offset != from) {
+            // Not contiguous with the cursor (it moved some other way): read afresh.
+            self.ahead.clear();
+        }
+        if self.ahead.is_empty() {
+            let head = *self.head.borrow_and_update();
+            if from > head {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(Flow::Stop),
+                    changed = self.head.changed() => if changed.is_err() {
+                        return Ok(Flow::Stop);
+                    },
+                    _ = self.wake.notified() => {}
+                }
+                return Ok(Flow::Continue);
             }
+            self.ahead = log.read(from, READ_CHUNK_EVENTS, READ_CHUNK_BYTES)?.into();
+            if self.ahead.front().map(|e| e.offset) != Some(from) {
+                self.ahead.clear();
+                return Err(DeliveryError::MissingEvent(from));
+            }
+        }
+        if let Some(index) = self.ahead.iter().position(|e| matcher.matches(e)) {
+            self.ahead.drain(..index);
+            if let Some(event) = self.ahead.pop_front() {
+                return self.attempt(&hook, &event, false, 1).await;
+            }
+        }
+        // Nothing read ahead matches: remember that, so a restart does not re-scan it.
+        let Some(last) = self.ahead.back().map(|e| e.offset) else {
             return Ok(Flow::Continue);
-        }
-        let chunk = log.read(from, READ_CHUNK_EVENTS, READ_CHUNK_BYTES)?;
-        let Some(last) = chunk.last().map(|e| e.offset) else {
-            return Err(DeliveryError::MissingEvent(from));
         };
-        if let Some(event) = chunk.iter().find(|e| matcher.matches(e)) {
-            return self.attempt(&hook, event, false, 1).await;
-        }
-        // Nothing in this chunk matches: remember that, so a restart does not re-scan it.
+        self.ahead.clear();
         self.hooks
             .modify(&self.id, |_, c| {
                 if c.pending_offset == 0 {
