@@ -1260,3 +1260,99 @@ async fn shutdown_during_catch_up_ends_with_unavailable_not_a_clean_end() {
         .expect("stop() completes")
         .expect("stop task");
 }
+
+#[tokio::test]
+async fn read_events_pages_of_large_events_fit_a_default_client() {
+    // Six events at the default payload limit (1 MiB): more than a default client's 4 MiB
+    // message limit together, so a page must stop early and paging must still reach the head.
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    for i in 0..6u8 {
+        let big = NewEvent {
+            data: vec![i; 1024 * 1024],
+            ..new_event("big", "test.big")
+        };
+        publish(&mut events, vec![big]).await;
+    }
+    let page = read(&mut events, ReadEventsRequest::default()).await;
+    assert!(!page.events.is_empty(), "a page holds at least one event");
+    assert!(page.next_after_offset < 6, "the first page stops early");
+    assert_eq!(
+        page.next_after_offset,
+        page.events.last().map_or(0, |e| e.offset)
+    );
+    let log = read_all(&mut events).await;
+    assert_eq!(offsets(&log), vec![1, 2, 3, 4, 5, 6]);
+    for (i, event) in log.iter().enumerate() {
+        assert_eq!(
+            event.payload,
+            Some(Payload::Data(vec![i as u8; 1024 * 1024]))
+        );
+    }
+    // Subscribe delivers them one message each.
+    let mut stream = subscribe(&mut events, sub(None)).await.expect("subscribe");
+    let (history, caught_up) = read_until_caught_up(&mut stream).await;
+    assert_eq!(history, log);
+    assert_eq!(caught_up, 6);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_and_subscriptions_can_start_inside_a_batch() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    // Batches of 1..=7 events alternating two streams: 28 events, many batch boundaries.
+    let mut expected_streams = Vec::new();
+    for size in 1..=7 {
+        let batch: Vec<NewEvent> = (0..size)
+            .map(|i| new_event(if i % 2 == 0 { "even" } else { "odd" }, "test.batch"))
+            .collect();
+        expected_streams.extend(batch.iter().map(|e| e.stream_id.clone()));
+        publish(&mut events, batch).await;
+    }
+    let total = expected_streams.len() as u64;
+    assert_eq!(total, 28);
+    for k in 0..=total {
+        let page = read(
+            &mut events,
+            ReadEventsRequest {
+                start: after(k),
+                filter: None,
+                limit: 3,
+            },
+        )
+        .await;
+        let want: Vec<u64> = (k + 1..=(k + 3).min(total)).collect();
+        assert_eq!(offsets(&page.events), want, "after_offset {k}");
+        if k >= 1 {
+            let page = read(
+                &mut events,
+                ReadEventsRequest {
+                    start: from(k),
+                    filter: None,
+                    limit: 2,
+                },
+            )
+            .await;
+            let want: Vec<u64> = (k..=(k + 1).min(total)).collect();
+            assert_eq!(offsets(&page.events), want, "from_offset {k}");
+        }
+        let mut stream = subscribe(&mut events, sub(after(k)))
+            .await
+            .expect("subscribe");
+        let (history, caught_up) = read_until_caught_up(&mut stream).await;
+        assert_eq!(offsets(&history), (k + 1..=total).collect::<Vec<_>>());
+        assert_eq!(caught_up, total);
+    }
+    let odd = read_filtered(&mut events, filter(&[], &["odd"])).await;
+    let want: Vec<u64> = expected_streams
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.as_str() == "odd")
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert_eq!(offsets(&odd), want);
+    let versions: Vec<u64> = odd.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=want.len() as u64).collect::<Vec<_>>());
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
 //! `ReadEvents`: one bounded page of the log.
 
 use ordo_api::v1::{ReadEventsRequest, ReadEventsResponse};
+use prost::Message;
 
 use super::{filter::Matcher, position};
 use crate::{error::OrdoError, store::SharedLog};
@@ -9,6 +10,9 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Events examined per page at most, so a sparse filter cannot turn one call into a full scan.
 const MAX_SCAN: u64 = 10_000;
+/// Encoded events per page at most (but always at least one), so that a page fits a default
+/// client's 4 MiB message limit even when every event is near the 1 MiB payload limit.
+const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Bytes read from the store per step.
 pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -27,18 +31,27 @@ pub fn read(log: &SharedLog, req: &ReadEventsRequest) -> Result<ReadEventsRespon
     let first = position::first_offset(req.start.as_ref(), head)?;
     let mut next = first;
     let mut events = Vec::new();
+    let mut bytes = 0;
     'scan: while next <= head && next - first < MAX_SCAN && events.len() < limit {
         let chunk = log.read(next, limit.min(MAX_LIMIT), READ_CHUNK_BYTES)?;
         if chunk.is_empty() {
             break;
         }
         for event in chunk {
-            next = event.offset + 1;
             if matcher.matches(&event) {
+                // The event that would overflow the page starts the next one.
+                let size = event.encoded_len();
+                if !events.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                    break 'scan;
+                }
+                bytes += size;
+                next = event.offset + 1;
                 events.push(event);
                 if events.len() == limit {
                     break 'scan;
                 }
+            } else {
+                next = event.offset + 1;
             }
         }
     }
