@@ -167,6 +167,12 @@ async fn order_commands_print_text_and_json_lines() {
     assert_eq!(events[3]["order"]["cancelled"]["reason"], "changed mind");
     assert_eq!(read.last().expect("page")["page"]["head_offset"], 4);
 
+    let demo = json_lines(&ok(&addr, &["--json", "demo", "--orders", "10"]).await);
+    assert_eq!(demo[0]["orders"], 10);
+    let demo_events = demo[0]["events"].as_u64().expect("events");
+    let head = json_lines(&ok(&addr, &["--json", "events", "read", "--from", "end"]).await);
+    assert_eq!(head[0]["page"]["head_offset"], 4 + demo_events);
+
     let health = ok(&addr, &["health"]).await;
     assert!(health.starts_with("SERVING"), "{health}");
 }
@@ -565,6 +571,7 @@ async fn every_help_level_has_examples() {
         &["events", "read"][..],
         &["events", "publish"][..],
         &["health"][..],
+        &["demo"][..],
     ] {
         let output = Command::new(ORDO)
             .args(args)

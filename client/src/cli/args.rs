@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
   ordo orders list --status created
   ordo events tail --from start --follow
   ordo --json events read --from 1 --limit 10
+  ordo demo --orders 20
 
 Exit codes: 0 ok, 1 request failed, 2 bad usage or invalid argument, 69 server unavailable."
 )]
@@ -61,6 +62,21 @@ pub enum Command {
   ordo events publish --from-file events.jsonl"
     )]
     Events(EventsCommand),
+    /// Create demo orders and move them along, to have something to tail and query.
+    #[command(after_help = "Examples:
+  ordo demo                          # 50 orders as fast as the server takes them
+  ordo demo --orders 200 --delay-ms 250   # a slow trickle to watch with `ordo events tail --follow`")]
+    Demo {
+        /// How many orders to create.
+        #[arg(long, default_value_t = 50)]
+        orders: usize,
+        /// How many distinct customers to spread them over.
+        #[arg(long, default_value_t = 10)]
+        customers: usize,
+        /// Pause between orders, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// Check that the server is up and serving.
     #[command(after_help = "Examples:
   ordo health

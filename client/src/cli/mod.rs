@@ -2,12 +2,14 @@
 //! printing and error-reporting shared by all of them.
 
 pub mod args;
+mod demo;
 mod events;
 pub mod fail;
 mod human;
 mod json;
 mod orders;
 mod out;
+mod progress;
 mod publish;
 
 use std::time::Duration;
@@ -35,6 +37,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orders(command) => orders::run(&client, &out, command).await,
         Command::Events(command) => events::run(&client, &out, command).await,
         Command::Health { service } => health(&client, &out, &service).await,
+        Command::Demo {
+            orders,
+            customers,
+            delay_ms,
+        } => {
+            demo::run(
+                &client,
+                &out,
+                orders,
+                customers,
+                Duration::from_millis(delay_ms),
+            )
+            .await
+        }
     }
 }
 

@@ -3,21 +3,20 @@
 
 use std::{
     collections::HashMap,
-    io::{IsTerminal, Read},
+    io::Read,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use base64::Engine;
-use indicatif::{ProgressBar, ProgressStyle};
 use ordo_client::{
     Backoff, BackoffPolicy, ClientError, OrdoClient,
     v1::{NewEvent, PublishResponse},
 };
 use serde_json::{Value, json};
 
-use super::{fail::Failure, json, out::Out};
+use super::{fail::Failure, json, out::Out, progress::progress_bar};
 
 /// Attempts per batch when the server is briefly unavailable. Retrying is safe: every event
 /// carries an id, so a batch stored before a lost acknowledgement is deduplicated.
@@ -109,7 +108,7 @@ pub async fn from_file(
         return Err(Failure::usage(format!("{name} holds no events")).into());
     }
     let total = events.len();
-    let bar = progress_bar(total as u64);
+    let bar = progress_bar(total as u64, "events");
     let started = Instant::now();
     let mut summary = Summary::default();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -203,21 +202,6 @@ async fn publish_with_retry(
             result => return result,
         }
     }
-}
-
-/// A bar with rate and ETA on an interactive stderr; hidden when piped or in CI.
-fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
-    );
-    if let Ok(style) = style {
-        bar.set_style(style);
-    }
-    bar
 }
 
 fn read_input(path: &Path) -> std::io::Result<String> {
