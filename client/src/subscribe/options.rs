@@ -105,7 +105,8 @@ impl SubscribeOptions {
         self
     }
 
-    /// Give up after this many consecutive failed connection attempts (default: never).
+    /// Give up (with [`crate::ClientError::Unavailable`]) when this many reconnects in a row
+    /// fail (default: never).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts);
         self
