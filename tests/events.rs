@@ -1117,8 +1117,12 @@ async fn restart_keeps_the_log_and_continues_offsets() {
     let mut events = server.events().await;
     let mut orders = server.orders().await;
     fill(&mut events, "s", 10).await;
+    let keyed = ordo_api::v1::CreateOrderRequest {
+        idempotency_key: "restart-key".into(),
+        ..create_req("cust-restart")
+    };
     let order = orders
-        .create_order(create_req("cust-restart"))
+        .create_order(keyed.clone())
         .await
         .expect("create")
         .into_inner()
@@ -1146,6 +1150,23 @@ async fn restart_keeps_the_log_and_continues_offsets() {
         .order
         .expect("order");
     assert_eq!(reloaded, order);
+    // Idempotency keys survive the restart: a retry replays, a different body is refused.
+    let replayed = orders
+        .create_order(keyed.clone())
+        .await
+        .expect("retry after restart")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(replayed, order);
+    let result = orders
+        .create_order(ordo_api::v1::CreateOrderRequest {
+            customer_id: "other".into(),
+            ..keyed
+        })
+        .await;
+    assert_status(result, Code::AlreadyExists, "restart-key");
+    assert_eq!(head(&mut events).await, 12, "neither appended");
 
     // Offsets, stream versions, dedupe and order versions all continue.
     let next = publish(&mut events, vec![new_event("s", "t.y")]).await;
@@ -1354,5 +1375,47 @@ async fn reads_and_subscriptions_can_start_inside_a_batch() {
     assert_eq!(offsets(&odd), want);
     let versions: Vec<u64> = odd.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, (1..=want.len() as u64).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_does_not_hold_up_appends_or_other_subscribers() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    // 4 MB of history the stuck subscriber will never read.
+    for b in 0..2 {
+        let batch = (0..1000)
+            .map(|i| NewEvent {
+                data: vec![0; 2048],
+                ..new_event_with_id("bulk", "t.bulk", &format!("b{b}-{i}"))
+            })
+            .collect();
+        publish(&mut events, batch).await;
+    }
+    let mut stuck = subscribe(&mut events, sub(None)).await.expect("subscribe");
+    assert_eq!(read_events(&mut stuck, 1).await[0].offset, 1);
+    let mut live = subscribe(&mut events, sub(end())).await.expect("subscribe");
+    let (_, caught_up) = read_until_caught_up(&mut live).await;
+    assert_eq!(caught_up, 2000);
+
+    // 200 more appends while `stuck` reads nothing: none waits on it.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let batch = (0..10).map(|_| new_event("more", "t.more")).collect();
+        tokio::time::timeout(Duration::from_secs(5), events.publish(publish_req(batch)))
+            .await
+            .expect("publish is not blocked by a stuck subscriber")
+            .expect("publish");
+    }
+    let got = read_events(&mut live, 200).await;
+    assert_eq!(offsets(&got), (2001..=2200).collect::<Vec<_>>());
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The stuck one, once it reads again, resumes where it was with nothing lost.
+    let (mut rest, caught_up) = read_until_caught_up(&mut stuck).await;
+    assert!(caught_up >= 2000);
+    rest.extend(read_events(&mut stuck, (2200 - caught_up) as usize).await);
+    assert_eq!(offsets(&rest), (2..=2200).collect::<Vec<_>>());
+    drop(stuck);
     server.stop().await;
 }
