@@ -32,7 +32,10 @@ async fn connect(url: &str) -> Channel {
 #[derive(Default)]
 struct Acked {
     events: Vec<EventPosition>,
-    orders: Vec<(String, u64)>,
+    /// (order id, last_offset, idempotency key)
+    orders: Vec<(String, u64, String)>,
+    /// The create that was in flight when the server died (acknowledged or not).
+    in_flight: Option<ordo_api::v1::CreateOrderRequest>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,12 +56,21 @@ async fn acknowledged_appends_survive_kill9() {
             for n in 0..1_000_000u64 {
                 if w == 0 && n.is_multiple_of(2) {
                     // One writer also creates orders, whose projection must survive too.
-                    match orders.create_order(create_req(&format!("crash-{n}"))).await {
+                    let req = ordo_api::v1::CreateOrderRequest {
+                        idempotency_key: format!("crash-key-{n}"),
+                        ..create_req(&format!("crash-{n}"))
+                    };
+                    match orders.create_order(req.clone()).await {
                         Ok(r) => {
                             let order = r.into_inner().order.expect("order");
-                            acked.orders.push((order.id, order.last_offset));
+                            acked
+                                .orders
+                                .push((order.id, order.last_offset, req.idempotency_key));
                         }
-                        Err(_) => return acked,
+                        Err(_) => {
+                            acked.in_flight = Some(req);
+                            return acked;
+                        }
                     }
                     continue;
                 }
@@ -91,6 +103,7 @@ async fn acknowledged_appends_survive_kill9() {
             .expect("writer task");
         acked.events.extend(done.events);
         acked.orders.extend(done.orders);
+        acked.in_flight = acked.in_flight.or(done.in_flight);
     }
     assert!(
         acked.events.len() > 100,
@@ -98,6 +111,12 @@ async fn acknowledged_appends_survive_kill9() {
         acked.events.len()
     );
     assert!(!acked.orders.is_empty());
+    println!(
+        "acknowledged before kill -9: {} events, {} orders; a create in flight: {}",
+        acked.events.len(),
+        acked.orders.len(),
+        acked.in_flight.is_some()
+    );
 
     let server = ChildServer::start(dir.path(), None, &[]).await;
     let channel = connect(&server.url()).await;
@@ -114,7 +133,7 @@ async fn acknowledged_appends_survive_kill9() {
         .events
         .iter()
         .map(|p| p.offset)
-        .chain(acked.orders.iter().map(|(_, o)| *o))
+        .chain(acked.orders.iter().map(|(_, o, _)| *o))
         .max()
         .expect("acked");
     assert!(
@@ -141,7 +160,7 @@ async fn acknowledged_appends_survive_kill9() {
             event.stream_id
         );
     }
-    for (id, last_offset) in &acked.orders {
+    for (id, last_offset, key) in &acked.orders {
         let order = orders
             .get_order(GetOrderRequest {
                 order_id: id.clone(),
@@ -154,6 +173,60 @@ async fn acknowledged_appends_survive_kill9() {
             .expect("order");
         assert_eq!((order.version, order.last_offset), (1, *last_offset));
         assert_eq!(log[(last_offset - 1) as usize].r#type, "order.created");
+        // Its idempotency key survived too: a retry replays it and appends nothing.
+        let n = key.trim_start_matches("crash-key-");
+        let retry = orders
+            .create_order(ordo_api::v1::CreateOrderRequest {
+                idempotency_key: key.clone(),
+                ..create_req(&format!("crash-{n}"))
+            })
+            .await
+            .expect("retry after the crash")
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!(&retry.id, id);
+    }
+    assert_eq!(
+        head(&mut events).await,
+        head_now,
+        "replays appended nothing"
+    );
+    // The create cut off by the crash, retried with its key, exists exactly once afterwards.
+    let mut head_now = head_now;
+    if let Some(req) = acked.in_flight.take() {
+        let order = orders
+            .create_order(req.clone())
+            .await
+            .expect("retry the interrupted create")
+            .into_inner()
+            .order
+            .expect("order");
+        head_now = head(&mut events).await;
+        let again = orders
+            .create_order(req.clone())
+            .await
+            .expect("and again")
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!(again.id, order.id);
+        let with_customer = read_filtered(&mut events, filter(&["order.created"], &[]))
+            .await
+            .into_iter()
+            .filter(|e| match &e.payload {
+                Some(ordo_api::v1::event::Payload::Order(o)) => matches!(
+                    &o.kind,
+                    Some(ordo_api::v1::order_event::Kind::Created(c))
+                        if c.customer_id == req.customer_id
+                ),
+                _ => false,
+            })
+            .count();
+        assert_eq!(
+            with_customer, 1,
+            "the interrupted create happened exactly once"
+        );
     }
 
     // The log continues at head + 1; stream versions and dedupe continue too.
@@ -179,7 +252,7 @@ async fn acknowledged_appends_survive_kill9() {
         .into_inner();
     assert!(retry.deduplicated);
     assert_eq!(&retry.positions[0], original);
-    let (id, _) = &acked.orders[0];
+    let (id, _, _) = &acked.orders[0];
     let paid = orders
         .update_order_status(ordo_api::v1::UpdateOrderStatusRequest {
             order_id: id.clone(),

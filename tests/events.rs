@@ -1419,3 +1419,59 @@ async fn a_stuck_subscriber_does_not_hold_up_appends_or_other_subscribers() {
     drop(stuck);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn sparse_filtered_reads_page_past_the_scan_cap() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    for b in 0..11 {
+        let batch = (0..1000)
+            .map(|_| new_event(&format!("noise-{b}"), "noise.tick"))
+            .collect();
+        publish(&mut events, batch).await;
+    }
+    let needle = publish(&mut events, vec![new_event("needle", "needle.found")]).await;
+    assert_eq!(needle.positions[0].offset, 11_001);
+
+    // One call examines a bounded range: an empty page that still moves the cursor.
+    let req = |after_offset| ReadEventsRequest {
+        start: after(after_offset),
+        filter: filter(&["needle.*"], &[]),
+        limit: 10,
+    };
+    let first = read(&mut events, req(0)).await;
+    assert!(first.events.is_empty());
+    assert!(first.next_after_offset > 0 && first.next_after_offset < 11_001);
+    assert_eq!(first.head_offset, 11_001);
+    let mut after_offset = first.next_after_offset;
+    let mut found = Vec::new();
+    for _ in 0..20 {
+        let page = read(&mut events, req(after_offset)).await;
+        assert!(
+            page.next_after_offset > after_offset,
+            "paging makes progress"
+        );
+        found.extend(page.events);
+        after_offset = page.next_after_offset;
+        if after_offset == page.head_offset {
+            break;
+        }
+    }
+    assert_eq!(offsets(&found), vec![11_001]);
+
+    // The same through Subscribe: history is just the needle, then caught_up at the head.
+    let mut stream = subscribe(
+        &mut events,
+        SubscribeRequest {
+            start: None,
+            filter: filter(&[], &["needle"]),
+            heartbeat_interval_ms: 100,
+        },
+    )
+    .await
+    .expect("subscribe");
+    let (history, caught_up) = read_until_caught_up(&mut stream).await;
+    assert_eq!(offsets(&history), vec![11_001]);
+    assert_eq!(caught_up, 11_001);
+    server.stop().await;
+}

@@ -939,6 +939,30 @@ async fn concurrent_commands_on_one_order() {
     assert_eq!(ids.len(), 1, "every racer got the same order");
     assert_eq!(head(&mut events).await, head_before + 1);
 
+    // Eight concurrent creates with one key and eight bodies: one wins, seven ALREADY_EXISTS.
+    let head_before = head(&mut events).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut client = orders.clone();
+        let req = CreateOrderRequest {
+            idempotency_key: "contested-key".into(),
+            ..create_req(&format!("cust-{i}"))
+        };
+        tasks.push(tokio::spawn(async move { client.create_order(req).await }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => wins += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                assert!(status.message().contains("contested-key"), "{status:?}");
+            }
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(head(&mut events).await, head_before + 1);
+
     let stream = stream_events(&mut events, &order.id).await;
     let versions: Vec<u64> = stream.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, vec![1, 2, 3]);
