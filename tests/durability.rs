@@ -438,3 +438,64 @@ async fn restart_loop_keeps_offsets_gapless() {
 fn offsets_of(positions: &[EventPosition]) -> Vec<u64> {
     positions.iter().map(|p| p.offset).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_under_load_keeps_every_acknowledged_append() {
+    const WRITERS: usize = 4;
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut events = server.events().await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..100_000u64 {
+                let batch = (0..(n % 4 + 1))
+                    .map(|i| {
+                        new_event_with_id(
+                            &format!("load-{w}"),
+                            "test.load",
+                            &format!("l{w}-{n}-{i}"),
+                        )
+                    })
+                    .collect();
+                match events.publish(publish_req(batch)).await {
+                    Ok(r) => acked.extend(r.into_inner().positions),
+                    Err(_) => return acked,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("stop under load completes");
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("writers notice the stop")
+                .expect("writer"),
+        );
+    }
+    assert!(
+        acked.len() > 50,
+        "only {} appends before the stop",
+        acked.len()
+    );
+
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut events = server.events().await;
+    let log = read_all(&mut events).await;
+    let head_now = head(&mut events).await;
+    assert_eq!(offsets(&log), (1..=head_now).collect::<Vec<_>>());
+    for position in &acked {
+        let event = &log[(position.offset - 1) as usize];
+        assert_eq!(
+            (&event.id, event.stream_version),
+            (&position.id, position.stream_version)
+        );
+    }
+    server.stop().await;
+}
