@@ -392,6 +392,28 @@ async fn publish_rejects_bad_input_and_appends_nothing() {
             "events[0].metadata key is required",
         ),
         (
+            "metadata value too long",
+            vec![with(&|e| {
+                e.metadata = HashMap::from([("k".to_string(), "v".repeat(1025))])
+            })],
+            "events[0].metadata[k] is 1025 characters; the limit is 1024",
+        ),
+        (
+            "long source",
+            vec![with(&|e| e.source = "s".repeat(129))],
+            "events[0].source is 129 characters",
+        ),
+        (
+            "control char in datacontenttype",
+            vec![with(&|e| e.datacontenttype = "text/\nplain".into())],
+            "events[0].datacontenttype contains control characters",
+        ),
+        (
+            "long event id",
+            vec![with(&|e| e.id = "i".repeat(129))],
+            "events[0].id is 129 characters",
+        ),
+        (
             "control char in source",
             vec![with(&|e| e.source = "a\u{0}b".into())],
             "events[0].source contains control characters",

@@ -298,6 +298,20 @@ async fn cancel_order_records_reason_and_is_final() {
             })
         );
 
+        // Time travel to just before the cancellation: no reason yet, the old status.
+        let before = orders
+            .get_order(GetOrderRequest {
+                order_id: order.id.clone(),
+                at_version: Some(cancelled.version - 1),
+            })
+            .await
+            .expect("get before cancel")
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!(before.status(), from);
+        assert!(before.cancel_reason.is_empty());
+
         // Cancelled is final.
         let head_before = head(&mut events).await;
         let result = orders.cancel_order(cancel(&order.id, "again")).await;
