@@ -4,7 +4,7 @@
 mod common;
 mod core_support;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use common::TestServer;
 use core_support::*;
@@ -1046,5 +1046,64 @@ async fn order_events_reach_filtered_readers() {
         .expect("read")
         .into_inner();
     assert_eq!(page.events, live, "subscribe and read agree on the event");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_the_retention() {
+    let server = TestServer::start().await;
+    let mut orders = server.orders().await;
+    let req = CreateOrderRequest {
+        idempotency_key: "short-lived".into(),
+        ..create_req("cust-expiry")
+    };
+    let first = orders
+        .create_order(req.clone())
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    drop(orders);
+    let dir = server.stop().await;
+
+    // Restart with a tiny retention: the sweeper runs at start-up and forgets the key, so the
+    // same request is a new command.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let server = TestServer::start_in(dir, |cfg| {
+        cfg.idempotency_retention = Duration::from_millis(10);
+    })
+    .await;
+    let mut orders = server.orders().await;
+    let mut events = server.events().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let order = orders
+            .create_order(req.clone())
+            .await
+            .expect("create again")
+            .into_inner()
+            .order
+            .expect("order");
+        if order.id != first.id {
+            break order;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second.version, 1);
+    assert_eq!(head(&mut events).await, 2, "exactly one new order");
+    // The key is claimed afresh by the new order.
+    let replay = orders
+        .create_order(req)
+        .await
+        .expect("replay")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(replay.id, second.id, "the next sweep is a minute away");
     server.stop().await;
 }
