@@ -6,11 +6,13 @@
 //! - [`records`]: what is stored where. [`signing`]: Standard Webhooks signatures.
 //!   [`ssrf`]: which addresses requests may reach. [`payload`]: the CloudEvents JSON body.
 //!
-//! Ordering: events reach an endpoint in log order, one at a time, and the next event waits
-//! while one is retried. That is the only mode today: receivers that project state (an order's
-//! status) are then correct without reordering logic, and at-least-once with a single cursor
-//! stays simple to reason about across restarts. The price is head-of-line blocking by a
-//! failing event, bounded by the retry schedule after which the event is dead-lettered.
+//! Ordering: by default events reach an endpoint in log order, one at a time, and the next
+//! event waits while one is retried. Receivers that project state (an order's status) are then
+//! correct without reordering logic, and at-least-once with a single cursor stays simple to
+//! reason about across restarts. The price is head-of-line blocking by a failing event, bounded
+//! by the retry schedule after which the event is dead-lettered. A webhook whose receiver does
+//! not care about order can opt into parallel delivery (`max_in_flight` > 1): several events in
+//! flight, each retried on its own, with the cursor as the low-water mark.
 
 pub mod delivery;
 pub mod payload;

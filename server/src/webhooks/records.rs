@@ -6,6 +6,8 @@
 //! - `wa` + id + seq (u64 BE)     -> `DeliveryAttempt` (the last `max_attempts_kept` only)
 //! - `wd` + id + offset (u64 BE)  -> `DeadLetter` waiting for a redrive
 //! - `wr` + id + offset (u64 BE)  -> `DeadLetter` queued for redrive
+//! - `wp` + id + offset (u64 BE)  -> [`ParallelRetry`]: retry state of an event in the window of
+//!   a parallel webhook (ordered webhooks keep it in the cursor instead)
 //!
 //! Ids are ULIDs (26 characters), so `prefix + id` never prefixes another webhook's keys.
 //! Attempts and dead letters are stored as their API messages: they carry nothing secret, and
@@ -21,6 +23,7 @@ const CURSOR: &[u8] = b"wc";
 const ATTEMPT: &[u8] = b"wa";
 const DEAD: &[u8] = b"wd";
 const REDRIVE: &[u8] = b"wr";
+const PARALLEL: &[u8] = b"wp";
 
 /// A webhook's definition. Holds the secrets, so it is never returned over the API as is.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,6 +55,19 @@ pub struct StoredWebhook {
     pub previous_secret: String,
     #[prost(uint64, tag = "13")]
     pub previous_secret_expires_ms: u64,
+    /// 0 or 1: ordered delivery; more: parallel delivery with this many events in flight.
+    #[prost(uint32, tag = "14")]
+    pub max_in_flight: u32,
+}
+
+/// Retry state of one event of a parallel webhook, so a restart resumes its attempt count and
+/// due time like the ordered cursor does.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ParallelRetry {
+    #[prost(uint32, tag = "1")]
+    pub attempts: u32,
+    #[prost(uint64, tag = "2")]
+    pub next_attempt_ms: u64,
 }
 
 /// Delivery progress of one webhook. Written after every attempt, so a restart resumes with
@@ -132,6 +148,14 @@ pub fn redrive_prefix(id: &str) -> Vec<u8> {
 
 pub fn redrive_key(id: &str, offset: u64) -> Vec<u8> {
     key(REDRIVE, id, Some(offset))
+}
+
+pub fn parallel_prefix(id: &str) -> Vec<u8> {
+    key(PARALLEL, id, None)
+}
+
+pub fn parallel_key(id: &str, offset: u64) -> Vec<u8> {
+    key(PARALLEL, id, Some(offset))
 }
 
 /// The webhook id in a `wh` key.

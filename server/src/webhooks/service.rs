@@ -32,6 +32,8 @@ const DEFAULT_ATTEMPTS: usize = 50;
 const MAX_ATTEMPTS_PAGE: usize = 1000;
 const DEFAULT_DEAD_PAGE: usize = 100;
 const MAX_DEAD_PAGE: usize = 1000;
+/// Most events a parallel webhook may have in flight.
+const MAX_IN_FLIGHT: u32 = 64;
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long registration waits for DNS before accepting a name (it is checked again at connect).
@@ -47,6 +49,7 @@ impl Webhooks {
         let url = self.check_url(&req.url).await?;
         check_filters(&req.event_types, &req.stream_ids)?;
         validate::text("description", &req.description, MAX_DESCRIPTION, false)?;
+        check_in_flight(req.max_in_flight)?;
         let existing = self.log().scan_records(
             &records::all_webhooks_prefix(),
             None,
@@ -71,6 +74,7 @@ impl Webhooks {
             event_types: req.event_types,
             stream_ids: req.stream_ids,
             description: req.description,
+            max_in_flight: req.max_in_flight.max(1),
             enabled: true,
             created_at_ms: now,
             updated_at_ms: now,
@@ -146,10 +150,14 @@ impl Webhooks {
         if let Some(description) = &req.description {
             validate::text("description", description, MAX_DESCRIPTION, false)?;
         }
+        if let Some(max) = req.max_in_flight {
+            check_in_flight(max)?;
+        }
         let now = now_ms();
         let changed = self
             .modify(&req.id, |hook, cursor| {
                 let was_enabled = hook.enabled;
+                let mode_before = hook.max_in_flight.max(1) > 1;
                 if let Some(url) = url {
                     hook.url = url;
                 }
@@ -161,6 +169,9 @@ impl Webhooks {
                 }
                 if let Some(description) = req.description {
                     hook.description = description;
+                }
+                if let Some(max) = req.max_in_flight {
+                    hook.max_in_flight = max.max(1);
                 }
                 match req.enabled {
                     Some(true) if !was_enabled => {
@@ -180,7 +191,13 @@ impl Webhooks {
                     _ => {}
                 }
                 hook.updated_at_ms = now;
-                (Vec::new(), was_enabled != hook.enabled)
+                // Enabling, disabling or switching between ordered and parallel delivery
+                // restarts the task; everything else applies at its next attempt.
+                let mode_after = hook.max_in_flight > 1;
+                (
+                    Vec::new(),
+                    was_enabled != hook.enabled || mode_before != mode_after,
+                )
             })
             .await?
             .ok_or_else(|| not_found(&req.id))?;
@@ -199,6 +216,7 @@ impl Webhooks {
             records::attempt_prefix(id),
             records::dead_prefix(id),
             records::redrive_prefix(id),
+            records::parallel_prefix(id),
         ] {
             loop {
                 let page = self.log().scan_records(&prefix, None, DELETE_BATCH)?;
@@ -436,6 +454,7 @@ impl Webhooks {
             next_attempt_at: timestamp(cursor.next_attempt_ms),
             dead_letter_count: dead as u64,
             redrive_pending_count: redrive as u64,
+            max_in_flight: hook.max_in_flight.max(1),
             previous_secret_expires_at: if hook.previous_secret_expires_ms > now {
                 timestamp(hook.previous_secret_expires_ms)
             } else {
@@ -443,6 +462,15 @@ impl Webhooks {
             },
         })
     }
+}
+
+fn check_in_flight(max: u32) -> Result<(), OrdoError> {
+    if max > MAX_IN_FLIGHT {
+        return Err(OrdoError::invalid(format!(
+            "max_in_flight is {max}; the limit is {MAX_IN_FLIGHT} (use 0 or 1 for ordered delivery)"
+        )));
+    }
+    Ok(())
 }
 
 fn check_filters(types: &[String], streams: &[String]) -> Result<(), OrdoError> {
