@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{store::SyncMode, webhooks::WebhookConfig};
+use crate::{auth::Auth, store::SyncMode, webhooks::WebhookConfig};
 
 /// Everything the server needs to run; `ServerConfig::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -16,6 +16,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Webhook delivery: SSRF allow-list, timeouts, retry schedule, bounds.
     pub webhooks: WebhookConfig,
+    /// Bearer tokens; off (dev mode) by default, which only a loopback bind allows.
+    pub auth: AuthConfig,
+    /// TLS for the gRPC port; plaintext when `None`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ServerConfig {
@@ -27,8 +31,44 @@ impl ServerConfig {
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             limits: Limits::default(),
             webhooks: WebhookConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
         }
     }
+}
+
+/// Who may call. See docs/security.md.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The loaded tokens file (and its reload handle). `None` turns auth off: allowed only on a
+    /// loopback address unless `insecure` is set.
+    pub tokens: Option<Auth>,
+    /// Serve without auth on a non-loopback address. Never the default: an open event log on a
+    /// network is a data leak.
+    pub insecure: bool,
+    /// Health checks without a token (load balancers rarely carry one).
+    pub open_health: bool,
+    /// Reflection without a token (it reveals only the public API).
+    pub open_reflection: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            insecure: false,
+            open_health: true,
+            open_reflection: true,
+        }
+    }
+}
+
+/// PEM files for TLS; with `client_ca`, clients must present a certificate it signed (mTLS).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Request limits: each one protects memory or latency for every other client.
@@ -42,6 +82,18 @@ pub struct Limits {
     pub max_metadata_entries: usize,
     /// Cap on simultaneously open Subscribe streams across the server.
     pub max_subscribers: usize,
+    /// HTTP/2 streams (concurrent calls) one connection may open; more wait for a free one.
+    pub max_concurrent_streams_per_connection: u32,
+    /// Open Subscribe streams per token, so one client cannot take every subscriber slot.
+    pub max_subscriptions_per_token: usize,
+    /// Append calls (Publish, CreateOrder, UpdateOrderStatus, CancelOrder) per second per
+    /// token, sustained; 0 = unlimited. Not applied in dev mode (no tokens).
+    pub append_rate_per_token: u32,
+    /// Append calls a token may make at once before the rate applies.
+    pub append_burst_per_token: u32,
+    /// Longest a call may take to answer (a Subscribe stream's headers, not its life);
+    /// `None` = no limit.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -53,6 +105,11 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_metadata_entries: 32,
             max_subscribers: 10_000,
+            max_concurrent_streams_per_connection: 256,
+            max_subscriptions_per_token: 256,
+            append_rate_per_token: 5_000,
+            append_burst_per_token: 10_000,
+            request_timeout: Some(Duration::from_secs(30)),
         }
     }
 }

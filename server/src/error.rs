@@ -60,6 +60,37 @@ impl From<OrdoError> for Status {
                 }
             },
         };
-        Status::new(code, message)
+        Status::new(code, clip(&message).into_owned())
+    }
+}
+
+/// Longest status message sent, in bytes. Messages quote the offending value, and a hostile
+/// 1 MB id must not become a 1 MB `grpc-message` header, which HTTP/2 peers reject as a
+/// protocol error (found by tests/fuzz.rs).
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `text` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, marked when cut.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_STATUS_MESSAGE {
+        return text.into();
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes, truncated)", &text[..end], text.len()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_on_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_STATUS_MESSAGE);
+        let clipped = clip(&long);
+        assert!(clipped.len() < MAX_STATUS_MESSAGE + 40, "{}", clipped.len());
+        assert!(clipped.ends_with("truncated)"));
     }
 }

@@ -4,6 +4,7 @@
 //! [`server::run`] is the whole server; `main.rs` only parses flags and signals around it, so
 //! tests run exactly what production runs.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -64,6 +64,46 @@ struct Args {
     /// Webhook HTTP requests in flight at once, across all webhooks.
     #[arg(long, env = "ORDO_WEBHOOK_MAX_CONCURRENCY", default_value_t = 64)]
     webhook_max_concurrency: usize,
+    /// Tokens file (TOML, see docs/security.md): turns bearer-token auth on. Re-read on SIGHUP.
+    /// Without it auth is off, which only a loopback --listen address allows.
+    #[arg(long, env = "ORDO_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+    /// Serve without auth on a non-loopback address. Anyone who reaches the port can read and
+    /// write everything.
+    #[arg(long, env = "ORDO_INSECURE")]
+    insecure: bool,
+    /// Require a token for health checks too (they are open by default).
+    #[arg(long, env = "ORDO_AUTH_HEALTH")]
+    auth_health: bool,
+    /// Require a token for reflection too (it is open by default).
+    #[arg(long, env = "ORDO_AUTH_REFLECTION")]
+    auth_reflection: bool,
+    /// Server certificate chain (PEM): turns TLS on. Needs --tls-key.
+    #[arg(long, env = "ORDO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "ORDO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates: turns mutual TLS on (clients without a
+    /// certificate it signed cannot connect).
+    #[arg(long, env = "ORDO_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Concurrent calls (HTTP/2 streams) per connection.
+    #[arg(long, env = "ORDO_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    max_concurrent_streams: u32,
+    /// Open Subscribe streams per token.
+    #[arg(long, env = "ORDO_MAX_SUBSCRIPTIONS_PER_TOKEN", default_value_t = 256)]
+    max_subscriptions_per_token: usize,
+    /// Append calls per second per token (Publish and order commands); 0 = unlimited.
+    #[arg(long, env = "ORDO_APPEND_RATE_PER_TOKEN", default_value_t = 5000)]
+    append_rate_per_token: u32,
+    /// Append calls a token may burst before --append-rate-per-token applies.
+    #[arg(long, env = "ORDO_APPEND_BURST_PER_TOKEN", default_value_t = 10_000)]
+    append_burst_per_token: u32,
+    /// Longest a call may take to answer, in milliseconds (not the life of a Subscribe
+    /// stream); 0 = no limit.
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,6 +146,28 @@ async fn main() -> anyhow::Result<()> {
     }
     config.webhooks.disable_after = Duration::from_secs(args.webhook_disable_after_hours * 3600);
     config.webhooks.max_concurrent_deliveries = args.webhook_max_concurrency.max(1);
+    config.limits.max_concurrent_streams_per_connection = args.max_concurrent_streams.max(1);
+    config.limits.max_subscriptions_per_token = args.max_subscriptions_per_token;
+    config.limits.append_rate_per_token = args.append_rate_per_token;
+    config.limits.append_burst_per_token = args.append_burst_per_token;
+    config.limits.request_timeout =
+        (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms));
+    config.auth.insecure = args.insecure;
+    config.auth.open_health = !args.auth_health;
+    config.auth.open_reflection = !args.auth_reflection;
+    if let Some(path) = &args.auth_tokens {
+        let auth = ordo_server::auth::Auth::load(path).context("cannot load --auth-tokens")?;
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(auth.clone()));
+        config.auth.tokens = Some(auth);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(ordo_server::config::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        });
+    }
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -117,6 +179,23 @@ async fn main() -> anyhow::Result<()> {
         .context("ordo-server failed")?;
     info!("ordo-server stopped");
     Ok(())
+}
+
+/// Re-reads the tokens file on each SIGHUP; a bad file keeps the previous tokens.
+#[cfg(unix)]
+async fn reload_on_sighup(auth: ordo_server::auth::Auth) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; tokens reload disabled");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        // Errors are logged by reload itself; the old tokens stay in force.
+        let _ = auth.reload();
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -10,11 +10,12 @@ use ordo_api::v1::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    config::ServerConfig,
+    auth::{AuthLayer, layer::AuthSettings},
+    config::{ServerConfig, TlsConfig},
     grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi},
     orders::OrderCommands,
     store::{SharedLog, SledLog},
@@ -34,6 +35,12 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Webhooks(#[from] WebhookStartError),
+    #[error(
+        "refusing to serve without authentication on non-loopback address {0}: pass --auth-tokens FILE, bind 127.0.0.1, or pass --insecure to accept the risk"
+    )]
+    InsecureBind(std::net::SocketAddr),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
@@ -43,6 +50,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    check_exposure(listener.local_addr()?, &config)?;
     let log: SharedLog = SledLog::open(&config.data_dir, config.sync)?;
     let result = serve(listener, config, log.clone(), shutdown).await;
     let closing = log.clone();
@@ -98,10 +106,16 @@ async fn serve(
     info!(%addr, data_dir = %config.data_dir.display(), head = log.head(), "ordo-server listening");
     let health_on_shutdown = health.clone();
     let stop = shutdown.clone();
-    let served = Server::builder()
+    let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams_per_connection))
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(server_tls(tls)?)?;
+    }
+    let served = builder
+        .layer(auth_layer(&config))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -117,8 +131,61 @@ async fn serve(
         })
         .await;
     hooks.join().await;
+    info!(rejections = ?crate::auth::limits::summary(), "rejections since start");
     served?;
     Ok(())
+}
+
+/// Refuses an unauthenticated server on a non-loopback address (unless `insecure`), and says
+/// loudly at start when auth is off, so nobody runs an open event log by accident.
+fn check_exposure(addr: std::net::SocketAddr, config: &ServerConfig) -> Result<(), ServeError> {
+    if let Some(auth) = &config.auth.tokens {
+        info!(path = %auth.path().display(), "auth: bearer tokens required");
+        return Ok(());
+    }
+    if addr.ip().is_loopback() {
+        warn!(%addr, "AUTH IS OFF (dev mode): no --auth-tokens, anyone who can reach {addr} may read and write everything; allowed only because it is a loopback address");
+        return Ok(());
+    }
+    if config.auth.insecure {
+        warn!(%addr, "AUTH IS OFF on a non-loopback address because of --insecure: anyone who can reach {addr} may read and write everything");
+        return Ok(());
+    }
+    Err(ServeError::InsecureBind(addr))
+}
+
+fn auth_layer(config: &ServerConfig) -> AuthLayer {
+    let limits = &config.limits;
+    AuthLayer::new(AuthSettings {
+        auth: config.auth.tokens.clone(),
+        open_health: config.auth.open_health,
+        open_reflection: config.auth.open_reflection,
+        append_rate_per_token: limits.append_rate_per_token,
+        append_burst_per_token: limits.append_burst_per_token,
+        max_subscriptions_per_token: limits.max_subscriptions_per_token,
+        request_timeout: limits.request_timeout,
+    })
+}
+
+/// Reads the PEM files once at start: a missing or bad file stops the server before it
+/// listens in plaintext by mistake.
+fn server_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| ServeError::Tls(format!("cannot read {what} {}: {err}", path.display())))
+    };
+    let cert = read("certificate", &tls.cert)?;
+    let key = read("private key", &tls.key)?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    match &tls.client_ca {
+        Some(ca) => {
+            let ca = read("client CA", ca)?;
+            config = config.client_ca_root(Certificate::from_pem(ca));
+            info!(cert = %tls.cert.display(), "tls on; client certificates required (mTLS)");
+        }
+        None => info!(cert = %tls.cert.display(), "tls on"),
+    }
+    Ok(config)
 }
 
 /// Forgets idempotency keys older than the retention, once a minute.

@@ -12,6 +12,9 @@ const MAX_ENTRIES: usize = 64;
 pub struct Matcher {
     types: Vec<Pattern>,
     streams: Vec<Pattern>,
+    /// A second matcher every event must also pass: a token's type/stream restriction, so a
+    /// restricted token never sees events outside it, whatever filter it sends.
+    within: Option<Box<Matcher>>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,14 +40,31 @@ impl Matcher {
         Ok(Self {
             types: patterns("filter.types", &filter.types)?,
             streams: patterns("filter.stream_ids", &filter.stream_ids)?,
+            within: None,
         })
     }
 
+    /// This filter intersected with `outer` (when given).
+    pub fn within(mut self, outer: Option<&Matcher>) -> Self {
+        self.within = outer.map(|m| Box::new(m.clone()));
+        self
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
+        self.matches_parts(&event.r#type, &event.stream_id)
+    }
+
+    /// [`Matcher::matches`] on an event type and stream id, before there is an event.
+    pub fn matches_parts(&self, event_type: &str, stream_id: &str) -> bool {
         let any = |patterns: &[Pattern], value: &str| {
             patterns.is_empty() || patterns.iter().any(|p| p.matches(value))
         };
-        any(&self.types, &event.r#type) && any(&self.streams, &event.stream_id)
+        any(&self.types, event_type)
+            && any(&self.streams, stream_id)
+            && self
+                .within
+                .as_ref()
+                .is_none_or(|w| w.matches_parts(event_type, stream_id))
     }
 }
 

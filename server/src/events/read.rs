@@ -17,6 +17,15 @@ const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 pub fn read(log: &SharedLog, req: &ReadEventsRequest) -> Result<ReadEventsResponse, OrdoError> {
+    read_within(log, req, None)
+}
+
+/// [`read`], returning only events that also pass `within` (a token's restriction).
+pub fn read_within(
+    log: &SharedLog,
+    req: &ReadEventsRequest,
+    within: Option<&Matcher>,
+) -> Result<ReadEventsResponse, OrdoError> {
     let limit = match req.limit as usize {
         0 => DEFAULT_LIMIT,
         n if n > MAX_LIMIT => {
@@ -26,7 +35,7 @@ pub fn read(log: &SharedLog, req: &ReadEventsRequest) -> Result<ReadEventsRespon
         }
         n => n,
     };
-    let matcher = Matcher::new(req.filter.as_ref())?;
+    let matcher = Matcher::new(req.filter.as_ref())?.within(within);
     let head = log.head();
     let first = position::first_offset(req.start.as_ref(), head)?;
     let mut next = first;

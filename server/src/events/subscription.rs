@@ -16,7 +16,7 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{filter::Matcher, read::READ_CHUNK_BYTES};
-use crate::{error::OrdoError, store::SharedLog};
+use crate::{auth::StreamAccess, error::OrdoError, store::SharedLog};
 
 /// Messages buffered per subscriber between its task and the network.
 const CHANNEL_DEPTH: usize = 64;
@@ -25,6 +25,9 @@ const READ_CHUNK_EVENTS: usize = 512;
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// How long a stream ending on shutdown waits for its client to make room for the final status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a stream ended by revocation waits for its client to make room for the status.
+const REVOKED_GRACE: Duration = Duration::from_secs(2);
 
 pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
 
@@ -37,6 +40,9 @@ pub struct Subscription {
     pub shutdown: CancellationToken,
     /// Held for the life of the stream: counts against the server's subscriber cap.
     pub permit: OwnedSemaphorePermit,
+    /// The caller's token: a per-token stream slot, and revocation, which ends the stream
+    /// with UNAUTHENTICATED.
+    pub access: StreamAccess,
 }
 
 impl Subscription {
@@ -59,6 +65,11 @@ impl Subscription {
         loop {
             let head = *head_rx.borrow_and_update();
             while next <= head {
+                // Checked per chunk too, so a long catch-up cannot outlive a revoked token.
+                if self.access.is_revoked() {
+                    feed.revoked(&self.access).await;
+                    return;
+                }
                 let events = match self.log.read(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
                     Ok(events) if !events.is_empty() => events,
                     Ok(_) => break,
@@ -102,6 +113,10 @@ impl Subscription {
                 }
                 _ = feed.tx.closed() => {
                     debug!(next, "subscriber went away");
+                    return;
+                }
+                _ = self.access.revoked() => {
+                    feed.revoked(&self.access).await;
                     return;
                 }
                 changed = head_rx.changed() => {
@@ -164,6 +179,13 @@ impl Feed {
             "server is shutting down; resume with start.after_offset = {resume}"
         ));
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tx.send(Err(status))).await;
+    }
+
+    /// Ends the stream with UNAUTHENTICATED because its token was revoked; waits a moment for
+    /// room so the client learns why.
+    async fn revoked(&mut self, access: &StreamAccess) {
+        let status = access.revoked_status();
+        let _ = tokio::time::timeout(REVOKED_GRACE, self.tx.send(Err(status))).await;
     }
 
     async fn fail(&mut self, status: Status) {
