@@ -98,4 +98,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a live tail; nothing to clean up
+
