@@ -42,13 +42,35 @@ pub struct EventKey {
     pub stream_id: String,
 }
 
+/// Bytes after which a chunk is closed and the next event starts a new one. sled leaves hold
+/// up to 16 values and write a node larger than a quarter segment (2 MiB with our 8 MiB
+/// segments) as a separate "blob" file, which costs an extra file sync; 64 KiB chunks keep
+/// nodes under that.
+const CHUNK_TARGET_BYTES: usize = 64 * 1024;
+
 /// Builds a chunk from events in offset order.
-#[derive(Default)]
 pub struct ChunkWriter {
+    first: u64,
     buf: Vec<u8>,
 }
 
 impl ChunkWriter {
+    /// A chunk whose first event will have offset `first`.
+    pub fn new(first: u64) -> Self {
+        Self {
+            first,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= CHUNK_TARGET_BYTES
+    }
+
     pub fn push(&mut self, event: &Event) {
         let len = event.encoded_len();
         self.buf.reserve(len + encoded_len_varint(len as u64));
@@ -57,8 +79,9 @@ impl ChunkWriter {
         let _ = event.encode(&mut self.buf);
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
+    /// (first offset, bytes).
+    pub fn finish(self) -> (u64, Vec<u8>) {
+        (self.first, self.buf)
     }
 }
 

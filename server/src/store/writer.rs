@@ -116,6 +116,8 @@ pub(super) struct DurableFiles {
     data: File,
     blobs_dir: PathBuf,
     blobs_seen: Option<SystemTime>,
+    /// Blob files already synced; sled never rewrites a blob file, it writes a new one.
+    blobs_synced: HashSet<std::ffi::OsString>,
 }
 
 impl DurableFiles {
@@ -124,6 +126,7 @@ impl DurableFiles {
             data: File::open(dir.join("db"))?,
             blobs_dir: dir.join("blobs"),
             blobs_seen: None,
+            blobs_synced: HashSet::new(),
         })
     }
 
@@ -136,13 +139,17 @@ impl DurableFiles {
         if self.blobs_seen == Some(modified) {
             return Ok(());
         }
+        let mut present = HashSet::new();
         for entry in std::fs::read_dir(&self.blobs_dir)? {
-            let path = entry?.path();
-            if path.is_file() {
-                File::open(&path)?.sync_data()?;
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.blobs_synced.contains(&name) && entry.file_type()?.is_file() {
+                File::open(entry.path())?.sync_data()?;
             }
+            present.insert(name);
         }
         File::open(&self.blobs_dir)?.sync_all()?;
+        self.blobs_synced = present;
         self.blobs_seen = Some(modified);
         Ok(())
     }
@@ -157,7 +164,7 @@ struct Group {
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
     idempotency: HashMap<String, StoredResponse>,
-    /// (first offset, chunk) of every batch staged, for the in-memory tail once durable.
+    /// (first offset, chunk) of every chunk staged, for the in-memory tail once durable.
     chunks: Vec<(u64, Bytes)>,
 }
 
@@ -231,8 +238,8 @@ impl Group {
         let mut streams: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
         let mut positions = Vec::with_capacity(batch.events.len());
         let mut batch_ids = HashSet::new();
-        let mut chunk = ChunkWriter::default();
-        let first_offset = self.head + 1;
+        let mut chunk = ChunkWriter::new(self.head + 1);
+        let mut new_chunks = Vec::new();
         let mut offset = self.head;
         for mut event in batch.events {
             offset += 1;
@@ -255,6 +262,9 @@ impl Group {
             };
             event.offset = offset;
             event.stream_version = version;
+            if chunk.is_full() {
+                new_chunks.push(std::mem::replace(&mut chunk, ChunkWriter::new(offset)).finish());
+            }
             chunk.push(&event);
             if batch.index_ids {
                 ops.push((
@@ -269,12 +279,16 @@ impl Group {
                 stream_version: version,
             });
         }
-        let mut new_chunk = None;
-        if !positions.is_empty() {
-            let bytes = chunk.finish();
-            ops.push((keys::event(first_offset).to_vec(), Some(bytes.clone())));
-            new_chunk = Some((first_offset, Bytes::from(bytes)));
+        if !chunk.is_empty() {
+            new_chunks.push(chunk.finish());
         }
+        let new_chunks: Vec<(u64, Bytes)> = new_chunks
+            .into_iter()
+            .map(|(first, bytes)| {
+                ops.push((keys::event(first).to_vec(), Some(bytes.clone())));
+                (first, Bytes::from(bytes))
+            })
+            .collect();
         for (stream_id, (before, offsets)) in &streams {
             ops.push((
                 keys::stream_entry(stream_id, before + 1),
@@ -328,7 +342,7 @@ impl Group {
                 self.event_ids.insert(position.id.clone(), position.clone());
             }
         }
-        self.chunks.extend(new_chunk);
+        self.chunks.extend(new_chunks);
         Ok(AppendOutcome::Appended {
             positions,
             response: projection.response,
