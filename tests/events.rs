@@ -973,10 +973,67 @@ async fn seam_subscribers_joining_during_concurrent_appends() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
 
+    // A filtered subscriber joining mid-way sees exactly producer 1's events, in its order.
+    let mut client = server.events().await;
+    let mut filtered = subscribe(
+        &mut client,
+        SubscribeRequest {
+            start: start(),
+            filter: filter(&["test.seam"], &["prod-1"]),
+            heartbeat_interval_ms: 100,
+        },
+    )
+    .await
+    .expect("subscribe");
+    let filtered = tokio::spawn(async move {
+        let mut messages = Vec::new();
+        loop {
+            let message = next_message(&mut filtered).await;
+            let done = matches!(&message, Message::Event(e) if e.id == "p1-249");
+            messages.push(message);
+            if done {
+                return messages;
+            }
+        }
+    });
+
     for producer in producers {
         producer.await.expect("producer");
     }
     let log = read_all(&mut events).await;
+    let messages = filtered.await.expect("filtered subscriber");
+    let mut caught_up = None;
+    let mut ids = Vec::new();
+    let mut last_offset = 0;
+    for message in &messages {
+        match message {
+            Message::Event(event) => {
+                assert!(
+                    event.offset > last_offset,
+                    "filtered: out of order or duplicate"
+                );
+                if let Some(head) = caught_up {
+                    assert!(event.offset > head, "filtered: history after caught_up");
+                }
+                assert_eq!(log[(event.offset - 1) as usize], *event);
+                last_offset = event.offset;
+                ids.push(event.id.clone());
+            }
+            Message::CaughtUp(marker) => {
+                assert!(caught_up.is_none(), "filtered: second caught_up");
+                assert!(marker.head_offset >= last_offset);
+                caught_up = Some(marker.head_offset);
+            }
+            Message::Heartbeat(beat) => assert!(beat.scanned_offset <= beat.head_offset),
+        }
+    }
+    assert!(caught_up.is_some(), "filtered: no caught_up");
+    assert_eq!(
+        ids,
+        (0..PER_PRODUCER)
+            .map(|i| format!("p1-{i}"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(log.len() as u64, TOTAL);
     assert_eq!(offsets(&log), (1..=TOTAL).collect::<Vec<_>>());
     for subscriber in subscribers {
