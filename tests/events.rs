@@ -1554,3 +1554,34 @@ async fn sparse_filtered_reads_page_past_the_scan_cap() {
     assert_eq!(caught_up, 11_001);
     server.stop().await;
 }
+
+/// A subscriber that stops reading must not hold shutdown forever: the server closes what is
+/// still open after its drain deadline (5 s) and stops.
+#[tokio::test]
+async fn a_stalled_subscriber_cannot_block_shutdown() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    for b in 0..3 {
+        let batch = (0..1000)
+            .map(|i| NewEvent {
+                data: vec![0; 2048],
+                ..new_event_with_id("bulk", "t.bulk", &format!("b{b}-{i}"))
+            })
+            .collect();
+        publish(&mut events, batch).await;
+    }
+    let mut stream = subscribe(&mut events, sub(None)).await.expect("subscribe");
+    let first = read_events(&mut stream, 1).await;
+    assert_eq!(first[0].offset, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(9), server.stop())
+        .await
+        .expect("shutdown completes despite the stalled subscriber");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "drained early: {:?}",
+        started.elapsed()
+    );
+    drop(stream);
+}

@@ -8,7 +8,6 @@ use ordo_api::v1::{
     webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
@@ -21,6 +20,9 @@ use crate::{
     store::{SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},
 };
+
+/// How long shutdown waits for open calls to finish before closing their connections.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +116,7 @@ async fn serve(
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(server_tls(tls)?)?;
     }
-    let served = builder
+    let serving = builder
         .layer(auth_layer(&config))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -122,14 +124,32 @@ async fn serve(
         .add_service(orders)
         .add_service(events)
         .add_service(webhooks)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await;
-            info!("shutting down: ending subscriptions and draining calls");
-            health_on_shutdown
-                .set_not_serving::<OrderServiceServer<OrderApi>>()
-                .await;
-        })
-        .await;
+        // Nodelay on every accepted socket: with Nagle, a response written after a window update
+        // waits for the client's delayed ACK (~40 ms). Builder::tcp_nodelay only applies to
+        // listeners tonic binds itself.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                stop.cancelled().await;
+                info!("shutting down: ending subscriptions and draining calls");
+                health_on_shutdown
+                    .set_not_serving::<OrderServiceServer<OrderApi>>()
+                    .await;
+            },
+        );
+    // A client that stops reading keeps its stream's data in HTTP/2 windows, and tonic waits for
+    // every stream: bound the drain so one stalled client cannot hold shutdown forever.
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        _ = drain_deadline => {
+            warn!(?DRAIN_DEADLINE, "calls still open after shutdown began; closing them");
+            Ok(())
+        }
+    };
     hooks.join().await;
     info!(rejections = ?crate::auth::limits::summary(), "rejections since start");
     served?;
