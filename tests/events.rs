@@ -1585,3 +1585,53 @@ async fn a_stalled_subscriber_cannot_block_shutdown() {
     );
     drop(stream);
 }
+
+/// Ids the server assigns are unique too: republishing one (e.g. forwarding an event read from
+/// the log) is recognised as the stored event, not stored a second time.
+#[tokio::test]
+async fn server_assigned_ids_are_deduplicated_like_chosen_ones() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let first = publish(&mut events, vec![new_event("sensor-1", "sensor.reading")]).await;
+    let assigned = first.positions[0].clone();
+    assert_eq!(
+        assigned.id.len(),
+        26,
+        "server ids are ULIDs: {}",
+        assigned.id
+    );
+    let head_before = head(&mut events).await;
+
+    let again = publish(
+        &mut events,
+        vec![new_event_with_id("sensor-2", "sensor.other", &assigned.id)],
+    )
+    .await;
+    assert!(
+        again.deduplicated,
+        "a republished server id must deduplicate"
+    );
+    assert_eq!(again.positions, vec![assigned.clone()]);
+    assert_eq!(head(&mut events).await, head_before, "nothing appended");
+
+    let err = events
+        .publish(publish_req(vec![
+            new_event_with_id("sensor-2", "sensor.other", &assigned.id),
+            new_event_with_id("sensor-2", "sensor.other", "fresh-id"),
+        ]))
+        .await
+        .expect_err("a partial duplicate is refused");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains(&assigned.id), "{}", err.message());
+    assert_eq!(head(&mut events).await, head_before, "nothing appended");
+
+    // An id in ULID form that names no stored event is just a new id.
+    let lookalike = ulid::Ulid::new().to_string();
+    let fresh = publish(
+        &mut events,
+        vec![new_event_with_id("sensor-3", "t.x", &lookalike)],
+    )
+    .await;
+    assert!(!fresh.deduplicated);
+    assert_eq!(fresh.positions[0].offset, head_before + 1);
+}

@@ -62,7 +62,7 @@ pub async fn publish(
     }
     let mut ids = std::collections::HashSet::with_capacity(count);
     for (i, event) in events.iter().enumerate() {
-        if !ids.insert(event.id.as_str()) {
+        if !event.id.is_empty() && !ids.insert(event.id.as_str()) {
             return Err(OrdoError::invalid(format!(
                 "events[{i}].id {:?} appears twice in this request; event ids must be unique",
                 event.id
@@ -158,7 +158,8 @@ fn to_event(new: NewEvent, now: SystemTime) -> Event {
     };
     Event {
         offset: 0,
-        id: or(new.id, &ulid::Ulid::new().to_string()),
+        // Empty: the log assigns an id that embeds the offset (see store::chunk::server_id).
+        id: new.id,
         source: or(new.source, "ordo"),
         r#type: new.r#type,
         subject: new.stream_id.clone(),

@@ -4,7 +4,10 @@
 //! saw, so the writer rejects it if anything changed in between. Without an `expected_version`
 //! from the caller such a race is retried transparently; with one, it is the caller's ABORTED.
 
-use std::time::SystemTime;
+use std::{
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use ordo_api::v1::{
     CancelOrderRequest, CreateOrderRequest, Event, ListOrdersRequest, ListOrdersResponse, Order,
@@ -33,11 +36,24 @@ const MAX_REASON: usize = 512;
 pub struct OrderCommands {
     log: SharedLog,
     limits: Limits,
+    /// Monotonic within a millisecond, so ListOrders (ordered by id) is creation order even for
+    /// orders created in the same millisecond.
+    ids: Arc<Mutex<ulid::Generator>>,
 }
 
 impl OrderCommands {
     pub fn new(log: SharedLog, limits: Limits) -> Self {
-        Self { log, limits }
+        Self {
+            log,
+            limits,
+            ids: Arc::new(Mutex::new(ulid::Generator::new())),
+        }
+    }
+
+    fn next_order_id(&self) -> String {
+        let generated = self.ids.lock().ok().and_then(|mut ids| ids.generate().ok());
+        // The generator fails only when 2^80 ids were made in one millisecond.
+        generated.unwrap_or_else(ulid::Ulid::new).to_string()
     }
 
     pub async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrdoError> {
@@ -46,7 +62,7 @@ impl OrderCommands {
         if let Some(order) = self.replay(claim.as_ref())? {
             return Ok(order);
         }
-        let order_id = ulid::Ulid::new().to_string();
+        let order_id = self.next_order_id();
         let payload = Kind::Created(OrderCreated {
             order_id: order_id.clone(),
             customer_id: req.customer_id,
@@ -237,7 +253,8 @@ impl OrderCommands {
     ) -> Result<Order, OrdoError> {
         let stream = model::stream_id(order_id);
         let event = Event {
-            id: ulid::Ulid::new().to_string(),
+            // Empty: the log assigns an id that embeds the offset (see store::chunk::server_id).
+            id: String::new(),
             source: "ordo/orders".into(),
             r#type: event_type.into(),
             subject: stream.clone(),

@@ -12,7 +12,10 @@ use prost::{
     encoding::{decode_varint, encode_varint, encoded_len_varint},
 };
 
-use super::{StoreError, writer::corrupt};
+use super::{
+    StoreError, keys,
+    writer::{corrupt, decode_offset},
+};
 
 /// One stored event, still encoded: what subscriptions send on unchanged.
 #[derive(Debug, Clone)]
@@ -47,6 +50,73 @@ pub struct EventKey {
 /// segments) as a separate "blob" file, which costs an extra file sync; 64 KiB chunks keep
 /// nodes under that.
 const CHUNK_TARGET_BYTES: usize = 64 * 1024;
+
+/// The identity fields of an `Event`, decoded alone (same field numbers).
+#[derive(Clone, PartialEq, Message)]
+pub struct EventIdentity {
+    #[prost(string, tag = "2")]
+    pub id: String,
+    #[prost(string, tag = "6")]
+    pub stream_id: String,
+    #[prost(uint64, tag = "7")]
+    pub stream_version: u64,
+}
+
+/// Chunks from sled covering `from..=head`, up to about `max_bytes` (at least one).
+pub fn read_chunks(
+    tree: &sled::Tree,
+    from: u64,
+    head: u64,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    // The chunk holding `from` is the last one starting at or before it.
+    let start = match tree.range(keys::event(0)..=keys::event(from)).next_back() {
+        Some(entry) => entry?.0.to_vec(),
+        None => keys::event(from).to_vec(),
+    };
+    let mut chunks = Vec::new();
+    let mut bytes = 0;
+    for entry in tree.range(start..=keys::event(head).to_vec()) {
+        let (key, value) = entry?;
+        let first = decode_offset(&key[1..], "event key")?;
+        bytes += value.len();
+        chunks.push((first, Bytes::copy_from_slice(&value)));
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(chunks)
+}
+
+/// The stored event at `offset`, if it exists (and is at or below `head`).
+pub fn read_one(tree: &sled::Tree, offset: u64, head: u64) -> Result<Option<RawEvent>, StoreError> {
+    if offset == 0 || offset > head {
+        return Ok(None);
+    }
+    for (first, chunk) in read_chunks(tree, offset, offset, 1)? {
+        if let Some(event) = parse(first, chunk)?
+            .into_iter()
+            .find(|e| e.offset == offset)
+        {
+            return Ok(Some(event));
+        }
+    }
+    Ok(None)
+}
+
+/// A server-assigned event id: a ULID (time-ordered, 26 characters) whose random part carries
+/// the event's offset. Unique because offsets are, and recognisable without an index: see
+/// [`offset_in_id`].
+pub fn server_id(offset: u64, unix_ms: u64) -> String {
+    let random = (u128::from(offset) << 16) | u128::from(rand::random::<u16>());
+    ulid::Ulid::from_parts(unix_ms, random).to_string()
+}
+
+/// The offset a server-assigned id would name, if `id` has that form.
+pub fn offset_in_id(id: &str) -> Option<u64> {
+    let ulid = ulid::Ulid::from_string(id).ok()?;
+    u64::try_from(ulid.random() >> 16).ok()
+}
 
 /// Builds a chunk from events in offset order.
 pub struct ChunkWriter {

@@ -94,36 +94,6 @@ impl SledLog {
             writer: std::sync::Mutex::new(Some(handle)),
         }))
     }
-
-    /// Chunks from sled covering `from..=head`, up to about `max_bytes`.
-    fn chunks_from_disk(
-        &self,
-        from: u64,
-        head: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        // The chunk holding `from` is the last one starting at or before it.
-        let start = match self
-            .tree
-            .range(keys::event(0)..=keys::event(from))
-            .next_back()
-        {
-            Some(entry) => entry?.0.to_vec(),
-            None => keys::event(from).to_vec(),
-        };
-        let mut chunks = Vec::new();
-        let mut bytes = 0;
-        for entry in self.tree.range(start..=keys::event(head).to_vec()) {
-            let (key, value) = entry?;
-            let first = writer::decode_offset(&key[1..], "event key")?;
-            bytes += value.len();
-            chunks.push((first, Bytes::copy_from_slice(&value)));
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(chunks)
-    }
 }
 
 impl EventLog for SledLog {
@@ -153,7 +123,7 @@ impl EventLog for SledLog {
         }
         let chunks = match self.tail.from(from, max_bytes) {
             Some(chunks) => chunks,
-            None => self.chunks_from_disk(from, head, max_bytes)?,
+            None => chunk::read_chunks(&self.tree, from, head, max_bytes)?,
         };
         let mut events = Vec::new();
         let mut bytes = 0;

@@ -15,12 +15,13 @@ use std::{
 };
 
 use bytes::Bytes;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
 use super::{
     AppendBatch, AppendOutcome, Position, StoreError, StoredResponse,
-    chunk::{self, ChunkWriter},
+    chunk::{self, ChunkWriter, EventIdentity},
     keys,
     tail::Tail,
 };
@@ -160,6 +161,8 @@ impl DurableFiles {
 struct Group {
     batch: sled::Batch,
     ops: usize,
+    /// The head before this group: what sled can be read up to.
+    durable_head: u64,
     head: u64,
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
@@ -173,6 +176,7 @@ impl Group {
         Self {
             batch: sled::Batch::default(),
             ops: 0,
+            durable_head: head,
             head,
             versions: HashMap::new(),
             event_ids: HashMap::new(),
@@ -238,6 +242,7 @@ impl Group {
         let mut streams: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
         let mut positions = Vec::with_capacity(batch.events.len());
         let mut batch_ids = HashSet::new();
+        let now = unix_ms();
         let mut chunk = ChunkWriter::new(self.head + 1);
         let mut new_chunks = Vec::new();
         let mut offset = self.head;
@@ -262,6 +267,9 @@ impl Group {
             };
             event.offset = offset;
             event.stream_version = version;
+            if event.id.is_empty() {
+                event.id = chunk::server_id(offset, now);
+            }
             if chunk.is_full() {
                 new_chunks.push(std::mem::replace(&mut chunk, ChunkWriter::new(offset)).finish());
             }
@@ -366,6 +374,21 @@ impl Group {
     fn stored_position(&self, tree: &sled::Tree, id: &str) -> Result<Option<Position>, StoreError> {
         if let Some(position) = self.event_ids.get(id) {
             return Ok(Some(position.clone()));
+        }
+        // Server-assigned ids name their own offset: check that event instead of an index.
+        if let Some(offset) = chunk::offset_in_id(id)
+            && let Some(event) = chunk::read_one(tree, offset, self.durable_head)?
+        {
+            let stored = EventIdentity::decode(event.bytes.as_ref())
+                .map_err(|e| corrupt("event", e.to_string()))?;
+            if stored.id == id {
+                return Ok(Some(Position {
+                    id: stored.id,
+                    offset,
+                    stream_id: stored.stream_id,
+                    stream_version: stored.stream_version,
+                }));
+            }
         }
         match tree.get(keys::event_id(id))? {
             Some(value) => decode_position(id, &value).map(Some),
