@@ -5,6 +5,9 @@
 //! Shapes follow ../shared/TARGETS.md (256-byte payloads, the same concurrencies), so numbers
 //! compare with the peers measured there.
 
+// The CLI's progress bar (hidden when stderr is not a terminal), shared rather than copied.
+#[path = "../../cli/progress.rs"]
+mod progress;
 mod report;
 mod scenarios;
 mod server;
@@ -135,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             subscribers,
         } => {
             let (_owned, channel) = target(g).await?;
-            fill(&channel, *events, g.json).await?;
+            fill(&channel, *events).await?;
             for &s in subscribers {
                 emit(&scenarios::catchup(&channel, s).await?);
             }
@@ -173,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
             }
             {
                 let (_owned, channel) = target(g).await?;
-                fill(&channel, events, g.json).await?;
+                fill(&channel, events).await?;
                 for s in [1, 4] {
                     emit(&scenarios::catchup(&channel, s).await?);
                 }
@@ -199,16 +202,10 @@ async fn target(g: &Global) -> anyhow::Result<(Option<OwnedServer>, Channel)> {
     }
 }
 
-async fn fill(channel: &Channel, events: u64, quiet: bool) -> anyhow::Result<()> {
-    scenarios::prefill(channel, events, |done| {
-        if !quiet {
-            eprint!("\rprefill {done}/{events} events");
-        }
-    })
-    .await?;
-    if !quiet {
-        eprintln!();
-    }
+async fn fill(channel: &Channel, events: u64) -> anyhow::Result<()> {
+    let bar = progress::progress_bar(events, "events prefilled");
+    scenarios::prefill(channel, events, |done| bar.set_position(done)).await?;
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -247,7 +244,7 @@ async fn scale(g: &Global, events: u64) -> anyhow::Result<Vec<Row>> {
     let (mut server, start_empty) = OwnedServer::start(&g.server_args).await?;
     let channel = scenarios::connect(&server.addr).await?;
     let empty = scenarios::append(&channel, AppendKind::Publish, 1, probe).await?;
-    fill(&channel, events, g.json).await?;
+    fill(&channel, events).await?;
     server.stop()?;
     let start_full = server.spawn().await?;
     let channel = scenarios::connect(&server.addr).await?;

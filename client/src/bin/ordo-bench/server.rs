@@ -120,7 +120,11 @@ impl Drop for OwnedServer {
     }
 }
 
+/// `ORDO_SERVER_BIN`, or the `ordo-server` built next to this binary.
 fn server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORDO_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("bench binary has no directory")?;
     for candidate in [dir.join("ordo-server"), dir.join("../ordo-server")] {
