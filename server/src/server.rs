@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    event_service_server::EventServiceServer, order_service_server::OrderServiceServer,
-    webhook_service_server::WebhookServiceServer,
+    order_service_server::OrderServiceServer, webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +14,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{AuthLayer, layer::AuthSettings},
     config::{ServerConfig, TlsConfig},
-    grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi},
+    grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi, wire::EventServiceServer},
     orders::OrderCommands,
     store::{SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},

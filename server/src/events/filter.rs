@@ -50,6 +50,13 @@ impl Matcher {
         self
     }
 
+    /// True when every event matches, so callers can skip looking at events at all.
+    pub fn is_everything(&self) -> bool {
+        self.types.is_empty()
+            && self.streams.is_empty()
+            && self.within.as_ref().is_none_or(|w| w.is_everything())
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
         self.matches_parts(&event.r#type, &event.stream_id)
     }

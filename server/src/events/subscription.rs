@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use ordo_api::v1::{CaughtUp, Event, Heartbeat, SubscribeResponse, subscribe_response::Message};
+use bytes::Bytes;
+use ordo_api::v1::{CaughtUp, Heartbeat};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,12 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{filter::Matcher, read::READ_CHUNK_BYTES};
-use crate::{auth::StreamAccess, error::OrdoError, store::SharedLog};
+use crate::{
+    auth::StreamAccess,
+    error::OrdoError,
+    grpc::wire::{Frame as Message, SubscribeFrame},
+    store::{RawEvent, SharedLog},
+};
 
 /// Messages buffered per subscriber between its task and the network.
 const CHANNEL_DEPTH: usize = 64;
@@ -29,7 +35,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long a stream ended by revocation waits for its client to make room for the status.
 const REVOKED_GRACE: Duration = Duration::from_secs(2);
 
-pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+/// Frames are wire-identical to `ordo.v1.SubscribeResponse` but carry each event's stored
+/// encoding as it is (see `server/proto/wire/frame.proto`): no decode or re-encode per event.
+pub type SubscribeStream = ReceiverStream<Result<SubscribeFrame, Status>>;
 
 /// What a subscription needs to run.
 pub struct Subscription {
@@ -53,7 +61,7 @@ impl Subscription {
         ReceiverStream::new(rx)
     }
 
-    async fn run(self, tx: mpsc::Sender<Result<SubscribeResponse, Status>>) {
+    async fn run(self, tx: mpsc::Sender<Result<SubscribeFrame, Status>>) {
         let mut feed = Feed {
             tx,
             shutdown: self.shutdown.clone(),
@@ -70,7 +78,7 @@ impl Subscription {
                     feed.revoked(&self.access).await;
                     return;
                 }
-                let events = match self.log.read(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
+                let events = match self.log.read_raw(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
                     Ok(events) if !events.is_empty() => events,
                     Ok(_) => break,
                     Err(err) => {
@@ -80,7 +88,14 @@ impl Subscription {
                 };
                 for event in events {
                     let offset = event.offset;
-                    if self.matcher.matches(&event) && !feed.event(event).await {
+                    let wanted = match self.wanted(&event) {
+                        Ok(wanted) => wanted,
+                        Err(status) => {
+                            feed.fail(status).await;
+                            return;
+                        }
+                    };
+                    if wanted && !feed.event(event.bytes).await {
                         feed.end(offset - 1).await;
                         return;
                     }
@@ -138,15 +153,29 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// Whether the filter wants this event. An unfiltered subscription never decodes anything;
+    /// a filtered one decodes only the type and stream id.
+    fn wanted(&self, event: &RawEvent) -> Result<bool, Status> {
+        if self.matcher.is_everything() {
+            return Ok(true);
+        }
+        let key = event
+            .key()
+            .map_err(|err| Status::from(OrdoError::from(err)))?;
+        Ok(self.matcher.matches_parts(&key.r#type, &key.stream_id))
+    }
+}
+
 /// The sending half, which gives up as soon as the client leaves or the server shuts down.
 struct Feed {
-    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    tx: mpsc::Sender<Result<SubscribeFrame, Status>>,
     shutdown: CancellationToken,
 }
 
 impl Feed {
-    async fn event(&mut self, event: Event) -> bool {
-        self.send(Message::Event(event)).await
+    async fn event(&mut self, encoded: Bytes) -> bool {
+        self.send(Message::Event(encoded)).await
     }
 
     async fn heartbeat(&mut self, head: u64, scanned: u64) -> bool {
@@ -159,7 +188,7 @@ impl Feed {
     }
 
     async fn send(&mut self, message: Message) -> bool {
-        let item = Ok(SubscribeResponse {
+        let item = Ok(SubscribeFrame {
             message: Some(message),
         });
         tokio::select! {

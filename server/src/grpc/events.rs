@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use ordo_api::v1::{
     PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse, SubscribeRequest,
-    event_service_server::EventService,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use crate::{
         position, publish, read,
         subscription::{MIN_HEARTBEAT, SubscribeStream, Subscription},
     },
+    grpc::wire::EventService,
     store::SharedLog,
 };
 
