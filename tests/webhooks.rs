@@ -30,7 +30,7 @@ use ordo_api::v1::{
     UpdateOrderStatusRequest, UpdateWebhookRequest, Webhook, redrive_dead_letters_request,
     start_position, webhook_service_client::WebhookServiceClient,
 };
-use ordo_server::ServerConfig;
+use ordo_server::{ServerConfig, store::SyncMode};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::net::TcpListener;
@@ -1163,44 +1163,53 @@ async fn official_standard_webhooks_library_verifies_deliveries() {
     server.stop().await;
 }
 
-/// Throughput to local receivers: one webhook (strictly ordered, so one request at a time),
-/// then four webhooks fed the same events concurrently. Run with:
+/// Throughput to local receivers: one ordered webhook (one request at a time), four ordered
+/// webhooks fed the same events concurrently, and one parallel webhook; each with the default
+/// fdatasync'd log and with `no-fsync-unsafe`, to tell the HTTP cost from the cost of the
+/// durable per-delivery cursor write. Run with:
 /// `cargo test --release -p ordo-server --test webhooks -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn throughput() {
     const EVENTS: usize = 5000;
-    let server = TestServer::start_with(|cfg| fast(cfg, &[10])).await;
-    let mut hooks = hooks(&server).await;
-    for _ in 0..EVENTS / 1000 {
-        publish_n(&server, 1000).await;
+    for sync in [SyncMode::Fdatasync, SyncMode::NoFsyncUnsafe] {
+        let server = TestServer::start_with(|cfg| {
+            fast(cfg, &[10]);
+            cfg.sync = sync;
+        })
+        .await;
+        let mut hooks = hooks(&server).await;
+        for _ in 0..EVENTS / 100 {
+            publish_n(&server, 100).await;
+        }
+        for (webhooks, max_in_flight) in [(1, 1), (4, 1), (1, 16)] {
+            let mut receivers = Vec::new();
+            let started = Instant::now();
+            for _ in 0..webhooks {
+                let receiver = Receiver::start().await;
+                let mut req = create_req(&receiver.url(), &["*"]);
+                req.max_in_flight = max_in_flight;
+                req.start = Some(StartPosition {
+                    position: Some(start_position::Position::Start(true)),
+                });
+                create(&mut hooks, req).await;
+                receivers.push(receiver);
+            }
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while receivers.iter().any(|r| r.delivered().len() < EVENTS) {
+                assert!(Instant::now() < deadline, "too slow");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let elapsed = started.elapsed();
+            let total = EVENTS * webhooks;
+            println!(
+                "webhook throughput ({sync:?}): {webhooks} webhook(s), max_in_flight {max_in_flight}: {total} deliveries in {elapsed:.2?} = {:.0} deliveries/s",
+                total as f64 / elapsed.as_secs_f64()
+            );
+            for receiver in &receivers {
+                assert_eq!(receiver.seen().len(), EVENTS, "no retries, no duplicates");
+            }
+        }
+        server.stop().await;
     }
-    for webhooks in [1, 4] {
-        let mut receivers = Vec::new();
-        let started = Instant::now();
-        for _ in 0..webhooks {
-            let receiver = Receiver::start().await;
-            let mut req = create_req(&receiver.url(), &["*"]);
-            req.start = Some(StartPosition {
-                position: Some(start_position::Position::Start(true)),
-            });
-            create(&mut hooks, req).await;
-            receivers.push(receiver);
-        }
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while receivers.iter().any(|r| r.delivered().len() < EVENTS) {
-            assert!(Instant::now() < deadline, "too slow");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let elapsed = started.elapsed();
-        let total = EVENTS * webhooks;
-        println!(
-            "webhook throughput: {webhooks} webhook(s) x {EVENTS} events = {total} deliveries in {elapsed:.2?} = {:.0} deliveries/s",
-            total as f64 / elapsed.as_secs_f64()
-        );
-        for receiver in &receivers {
-            assert_eq!(receiver.seen().len(), EVENTS, "no retries, no duplicates");
-        }
-    }
-    server.stop().await;
 }
