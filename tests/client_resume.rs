@@ -424,3 +424,132 @@ async fn a_server_that_never_answers_is_detected_and_retried() {
         "{last:?}"
     );
 }
+
+/// A CA (PEM) and a server certificate + key for localhost/127.0.0.1 signed by it.
+fn test_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ordo client test ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
+    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
+}
+
+/// The token the secured-server test uses, and its SHA-256 (`printf %s TOKEN | sha256sum`).
+const TOKEN: &str = "ordo-client-test-token";
+const TOKEN_SHA256: &str = "10ca460a1ee2f4a3ca4b634a00893dbcd251b3937f320d74aebf044b360688b5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_bearer_token_reach_a_secured_server_from_library_and_cli() {
+    let (ca, cert, key) = test_pki();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8 path").to_string()
+    };
+    let ca_path = write("ca.pem", &ca);
+    let tokens = write(
+        "tokens.toml",
+        &format!(
+            "[[token]]\nname = \"client\"\nsha256 = \"{TOKEN_SHA256}\"\nscopes = [\"orders:write\", \"orders:read\", \"events:publish\", \"events:subscribe\"]\n"
+        ),
+    );
+    let cert_path = write("server.pem", &cert);
+    let key_path = write("server.key", &key);
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(
+        data.path(),
+        None,
+        &[
+            "--auth-tokens",
+            &tokens,
+            "--tls-cert",
+            &cert_path,
+            "--tls-key",
+            &key_path,
+        ],
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let tls = || {
+        TlsOptions::new()
+            .ca_certificate_pem(ca.clone())
+            .domain_name("localhost")
+    };
+
+    let anonymous = OrdoClient::builder(url.clone())
+        .tls(tls())
+        .connect()
+        .await
+        .expect("tls connect");
+    let refused = anonymous.create_order(order_request(1)).await;
+    assert!(
+        matches!(refused, Err(ClientError::Unauthenticated(_))),
+        "{refused:?}"
+    );
+
+    let client = OrdoClient::builder(url.clone())
+        .tls(tls())
+        .bearer_token(TOKEN)
+        .connect()
+        .await
+        .expect("tls connect");
+    let order = client.create_order(order_request(1)).await.expect("create");
+    let mut sub = client
+        .subscribe(SubscribeOptions::new())
+        .expect("subscribe");
+    match sub.next().await {
+        Some(Ok(SubscriptionItem::Event(event))) => assert_eq!(event.offset, order.last_offset),
+        other => panic!("expected the order's event, got {other:?}"),
+    }
+
+    let no_ca = OrdoClient::builder(url.clone()).connect().await;
+    assert!(matches!(no_ca, Err(ClientError::Config(_))), "{no_ca:?}");
+
+    // The CLI with the same settings, and without the token.
+    let cli = async |with_token: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"));
+        command
+            .args([
+                "--addr",
+                &url,
+                "--ca-cert",
+                &ca_path,
+                "--tls-domain",
+                "localhost",
+            ])
+            .env_remove("ORDO_TOKEN");
+        if with_token {
+            command.args(["--token", TOKEN]);
+        }
+        command.args(["--json", "orders", "list"]);
+        command.output().await.expect("run ordo")
+    };
+    let listed = cli(true).await;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&order.id));
+    let refused = cli(false).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unauthenticated") && stderr.contains("--token"),
+        "{stderr}"
+    );
+}

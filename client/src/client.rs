@@ -11,7 +11,7 @@ use ordo_api::v1::{
 use tonic::{
     Streaming,
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
 
@@ -23,15 +23,69 @@ use crate::{
 
 type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 
-/// TLS settings. The API has their place so callers can be written now; until Ordo's security
-/// work lands, building a client with them fails with [`ClientError::Config`].
-#[derive(Debug, Clone, Default)]
+/// TLS settings for an `https://` address. This client has no built-in trust store, so the CA
+/// that signed the server's certificate must be given (self-hosted Ordo usually has its own CA).
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct TlsOptions {
-    /// PEM of the CA that signed the server's certificate; `None` means the system roots.
+    /// PEM of the CA that signed the server's certificate.
     pub ca_certificate_pem: Option<Vec<u8>>,
     /// The name to verify the server's certificate against, if not the URL's host.
     pub domain_name: Option<String>,
+    /// Client certificate and private key (PEM), for servers that require mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    /// No settings yet; add at least [`TlsOptions::ca_certificate_pem`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trust this CA (PEM) for the server's certificate.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificate_pem = Some(pem.into());
+        self
+    }
+
+    /// Verify the server's certificate against this name instead of the URL's host.
+    pub fn domain_name(mut self, name: impl Into<String>) -> Self {
+        self.domain_name = Some(name.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM), for mutual TLS.
+    pub fn identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.identity_pem = Some((cert.into(), key.into()));
+        self
+    }
+
+    fn to_tonic(&self) -> Result<ClientTlsConfig> {
+        let Some(ca) = &self.ca_certificate_pem else {
+            return Err(ClientError::Config(
+                "TLS needs the CA certificate that signed the server's certificate (this client has no built-in trust store)".into(),
+            ));
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(name) = &self.domain_name {
+            config = config.domain_name(name.clone());
+        }
+        if let Some((cert, key)) = &self.identity_pem {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for TlsOptions {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_certificate_pem", &self.ca_certificate_pem.is_some())
+            .field("domain_name", &self.domain_name)
+            .field("identity_pem", &self.identity_pem.is_some())
+            .finish()
+    }
 }
 
 /// Configures an [`OrdoClient`]. Start with [`OrdoClient::builder`].
@@ -52,7 +106,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects with TLS. Not supported yet: [`ClientBuilder::connect`] returns an error.
+    /// Connects with TLS; the address must be `https://`.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
@@ -79,11 +133,21 @@ impl ClientBuilder {
 
     /// Builds the client, connecting now unless [`ClientBuilder::lazy`] was set.
     pub async fn connect(self) -> Result<OrdoClient> {
-        if self.tls.is_some() || self.url.starts_with("https://") {
-            return Err(ClientError::Config(
-                "TLS is not supported by this client yet; use an http:// address".into(),
-            ));
-        }
+        let https = self.url.starts_with("https://");
+        let tls = match (&self.tls, https) {
+            (Some(tls), true) => Some(tls.to_tonic()?),
+            (None, false) => None,
+            (None, true) => {
+                return Err(ClientError::Config(
+                    "an https:// address needs TLS options with the server's CA certificate".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(ClientError::Config(
+                    "TLS options need an https:// address".into(),
+                ));
+            }
+        };
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|err| ClientError::Config(format!("invalid address {:?}: {err}", self.url)))?
             .connect_timeout(self.connect_timeout)
@@ -94,6 +158,11 @@ impl ClientBuilder {
             .keep_alive_while_idle(true);
         if let Some(timeout) = self.request_timeout {
             endpoint = endpoint.timeout(timeout);
+        }
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|err| {
+                ClientError::Config(format!("invalid TLS settings: {}", error_chain(&err)))
+            })?;
         }
         let channel = if self.lazy {
             endpoint.connect_lazy()

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
   ordo events tail --from start --follow
   ordo --json events read --from 1 --limit 10
   ordo demo --orders 20
+  ordo --addr https://ordo.internal:50051 --ca-cert ca.pem --token \"$TOKEN\" orders list
 
 Exit codes: 0 ok, 1 request failed, 2 bad usage or invalid argument, 69 server unavailable."
 )]
@@ -31,6 +32,30 @@ pub struct Cli {
     /// Bearer token sent as `authorization: Bearer <token>`.
     #[arg(long, global = true, env = "ORDO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that signed the server's certificate; use with an https:// --addr.
+    #[arg(long, global = true, env = "ORDO_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Verify the server's certificate against this name instead of the address's host.
+    #[arg(long, global = true, env = "ORDO_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+    /// Client certificate (PEM) for servers that require mutual TLS; needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Print JSON lines (one object per line) instead of text.
     #[arg(long, global = true)]
     pub json: bool,

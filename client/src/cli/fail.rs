@@ -57,10 +57,13 @@ pub fn report(err: &anyhow::Error, addr: &str) -> Option<(String, i32)> {
             "use an offset this server has (see `ordo events read`)".into(),
             EXIT_USAGE,
         ),
-        ClientError::Config(_) => ("check --addr and --token".into(), EXIT_USAGE),
+        ClientError::Config(_) => (
+            "check --addr, --token and the TLS flags (--ca-cert, --client-cert)".into(),
+            EXIT_USAGE,
+        ),
         ClientError::NotFound(_) => ("check the id (see `ordo orders list`)".into(), EXIT_FAILED),
         ClientError::Conflict(_) => (
-            "re-read the current version (`ordo orders get ID`) and retry".into(),
+            "someone changed it first: re-read the current version (`ordo orders get ID`, `ordo events read --stream S`) and retry".into(),
             EXIT_FAILED,
         ),
         ClientError::FailedPrecondition(_) => (

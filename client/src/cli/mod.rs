@@ -15,7 +15,7 @@ mod publish;
 use std::time::Duration;
 
 use anyhow::Context;
-use ordo_client::{Health, OrdoClient};
+use ordo_client::{Health, OrdoClient, TlsOptions};
 
 use self::{
     args::{Cli, Command},
@@ -30,6 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .request_timeout(Duration::from_secs(30));
     if let Some(token) = &cli.token {
         builder = builder.bearer_token(token.clone());
+    }
+    if let Some(tls) = tls_options(&cli)? {
+        builder = builder.tls(tls);
     }
     let client = builder.connect().await?;
     let out = Out::new(cli.json);
@@ -52,6 +55,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// TLS settings from the flags, when any is given or the address is `https://`.
+fn tls_options(cli: &Cli) -> anyhow::Result<Option<TlsOptions>> {
+    let any_flag = cli.ca_cert.is_some() || cli.tls_domain.is_some() || cli.client_cert.is_some();
+    if !any_flag && !cli.addr.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            fail::Failure::usage(format!("cannot read {flag} {}: {err}", path.display()))
+        })
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(path) = &cli.ca_cert {
+        tls = tls.ca_certificate_pem(read("--ca-cert", path)?);
+    }
+    if let Some(name) = &cli.tls_domain {
+        tls = tls.domain_name(name.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        tls = tls.identity_pem(read("--client-cert", cert)?, read("--client-key", key)?);
+    }
+    Ok(Some(tls))
 }
 
 /// Accepts `host:port` as well as a full URL: people type the short form.
