@@ -450,6 +450,9 @@ fn test_pki() -> (String, String, String) {
 /// The token the secured-server test uses, and its SHA-256 (`printf %s TOKEN | sha256sum`).
 const TOKEN: &str = "ordo-client-test-token";
 const TOKEN_SHA256: &str = "10ca460a1ee2f4a3ca4b634a00893dbcd251b3937f320d74aebf044b360688b5";
+/// A token with only `orders:read`.
+const READER: &str = "ordo-client-reader-token";
+const READER_SHA256: &str = "cba94081975241b3f94c41db2cd6fa86e8d9f2323e274b4c7a7271a371cac435";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_bearer_token_reach_a_secured_server_from_library_and_cli() {
@@ -464,7 +467,7 @@ async fn tls_and_bearer_token_reach_a_secured_server_from_library_and_cli() {
     let tokens = write(
         "tokens.toml",
         &format!(
-            "[[token]]\nname = \"client\"\nsha256 = \"{TOKEN_SHA256}\"\nscopes = [\"orders:write\", \"orders:read\", \"events:publish\", \"events:subscribe\"]\n"
+            "[[token]]\nname = \"client\"\nsha256 = \"{TOKEN_SHA256}\"\nscopes = [\"orders:write\", \"orders:read\", \"events:publish\", \"events:subscribe\"]\n\n[[token]]\nname = \"reader\"\nsha256 = \"{READER_SHA256}\"\nscopes = [\"orders:read\"]\n"
         ),
     );
     let cert_path = write("server.pem", &cert);
@@ -499,6 +502,18 @@ async fn tls_and_bearer_token_reach_a_secured_server_from_library_and_cli() {
     assert!(
         matches!(refused, Err(ClientError::Unauthenticated(_))),
         "{refused:?}"
+    );
+
+    let reader = OrdoClient::builder(url.clone())
+        .tls(tls())
+        .bearer_token(READER)
+        .connect()
+        .await
+        .expect("tls connect");
+    let denied = reader.create_order(order_request(1)).await;
+    assert!(
+        matches!(denied, Err(ClientError::PermissionDenied(_))),
+        "{denied:?}"
     );
 
     let client = OrdoClient::builder(url.clone())

@@ -32,6 +32,9 @@ pub enum ClientError {
     /// The server refused the credentials (or their absence).
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The credentials are valid but lack the scope (or event prefix) this call needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Any other gRPC status.
     #[error("{code:?}: {message}")]
     Other {
@@ -93,6 +96,7 @@ impl From<Status> for ClientError {
             Code::OutOfRange => ClientError::OutOfRange(message),
             Code::Unavailable => ClientError::Unavailable(message),
             Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             code => ClientError::Other { code, message },
         }
     }

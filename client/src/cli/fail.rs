@@ -74,6 +74,10 @@ pub fn report(err: &anyhow::Error, addr: &str) -> Option<(String, i32)> {
             ("use a new idempotency key or event id".into(), EXIT_FAILED)
         }
         ClientError::Unauthenticated(_) => ("set --token or ORDO_TOKEN".into(), EXIT_FAILED),
+        ClientError::PermissionDenied(_) => (
+            "use a token with the scope this command needs (see docs/security.md)".into(),
+            EXIT_FAILED,
+        ),
         ClientError::Cursor { .. } => ("fix or delete the cursor file".into(), EXIT_USAGE),
         _ => (String::new(), EXIT_FAILED),
     };
