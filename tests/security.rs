@@ -1106,6 +1106,51 @@ async fn open_subscriptions_are_capped_per_token() {
 }
 
 #[tokio::test]
+async fn concurrent_streams_per_connection_are_capped() {
+    let server = TestServer::start_with(|cfg| {
+        cfg.limits.max_concurrent_streams_per_connection = 2;
+    })
+    .await;
+    let channel = server.channel().await;
+    let mut events = EventServiceClient::new(channel.clone());
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        streams.push(
+            events
+                .subscribe(SubscribeRequest::default())
+                .await
+                .expect("subscribe")
+                .into_inner(),
+        );
+    }
+    // A third call on the same connection waits for a free HTTP/2 stream.
+    let mut request = Request::new(ReadEventsRequest::default());
+    request.set_timeout(Duration::from_millis(500));
+    let waited = tokio::time::timeout(Duration::from_secs(1), events.read_events(request)).await;
+    assert!(
+        !matches!(waited, Ok(Ok(_))),
+        "third stream was served: {waited:?}"
+    );
+    // Another connection is not affected, and closing a stream frees its slot.
+    server
+        .events()
+        .await
+        .read_events(ReadEventsRequest::default())
+        .await
+        .expect("other connection");
+    streams.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut request = Request::new(ReadEventsRequest::default());
+        request.set_timeout(Duration::from_millis(500));
+        match events.read_events(request).await {
+            Ok(_) => break,
+            Err(err) => assert!(Instant::now() < deadline, "slot not freed: {err:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn request_timeout_does_not_end_long_lived_subscriptions() {
     let server = TestServer::start_with(|cfg| {
         cfg.limits.request_timeout = Some(Duration::from_millis(200));
@@ -1134,4 +1179,128 @@ async fn request_timeout_does_not_end_long_lived_subscriptions() {
         }
     }
     assert!(beats >= 5, "{beats} heartbeats");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost of auth + TLS
+
+/// Appends per second with `clients` concurrent connections for `run`, and p50/p99 latency.
+async fn append_rate(
+    channels: Vec<Channel>,
+    token: Option<&'static str>,
+    run: Duration,
+) -> (f64, Duration, Duration) {
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::new();
+    for (c, channel) in channels.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut events = EventServiceClient::new(channel);
+            let mut latencies = Vec::new();
+            let stream = format!("bench-{c}");
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let mut request = PublishRequest {
+                    events: vec![new_event(&stream, "bench.appended")],
+                };
+                request.events[0].data = vec![7u8; 256];
+                events
+                    .publish(with_token(request, token))
+                    .await
+                    .expect("publish");
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("client task"));
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (all.len() as f64 / run.as_secs_f64(), pct(0.50), pct(0.99))
+}
+
+/// Run with `cargo test --release -p ordo-server --test security -- --ignored --nocapture
+/// throughput`: plaintext without auth against auth only, TLS only and TLS + bearer token,
+/// 16 clients on 16 connections, in one run, alternating rounds to even out machine noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check: run by hand in release"]
+async fn throughput_cost_of_auth_and_tls() {
+    const CLIENTS: usize = 16;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let run = Duration::from_secs(env("ORDO_BENCH_SECS", 5));
+    let rounds = env("ORDO_BENCH_ROUNDS", 2);
+    let pki = pki();
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, &[Tok::new("bench", ADMIN, &Scope::ALL)]);
+    let cert = write_pem(dir.path(), "server.pem", &pki.server_cert);
+    let key = write_pem(dir.path(), "server.key", &pki.server_key);
+    let modes = [(false, false), (true, false), (false, true), (true, true)];
+    for sync in [
+        ordo_server::store::SyncMode::Fdatasync,
+        ordo_server::store::SyncMode::NoFsyncUnsafe,
+    ] {
+        let mut totals = [0.0f64; 4];
+        for round in 0..rounds {
+            for (m, (auth, tls)) in modes.into_iter().enumerate() {
+                let tokens = tokens.clone();
+                let tls_files = TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: None,
+                };
+                let server = TestServer::start_with(move |cfg| {
+                    cfg.sync = sync;
+                    cfg.limits.append_rate_per_token = 0;
+                    if auth {
+                        cfg.auth.tokens = Some(Auth::load(&tokens).expect("tokens"));
+                    }
+                    if tls {
+                        cfg.tls = Some(tls_files);
+                    }
+                })
+                .await;
+                let mut channels = Vec::new();
+                for _ in 0..CLIENTS {
+                    let channel = if tls {
+                        Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
+                            .expect("url")
+                            .tls_config(
+                                ClientTlsConfig::new()
+                                    .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+                                    .domain_name("localhost"),
+                            )
+                            .expect("tls")
+                            .connect()
+                            .await
+                            .expect("connect")
+                    } else {
+                        server.channel().await
+                    };
+                    channels.push(channel);
+                }
+                let token = auth.then_some(ADMIN);
+                let (rate, p50, p99) = append_rate(channels, token, run).await;
+                totals[m] += rate;
+                println!(
+                    "round {round} {sync:?} auth={auth} tls={tls}: {rate:.0} appends/s, p50 {p50:?}, p99 {p99:?}"
+                );
+            }
+        }
+        let base = totals[0];
+        for (m, (auth, tls)) in modes.into_iter().enumerate() {
+            println!(
+                "SUMMARY {sync:?} auth={auth} tls={tls}: {:.0} appends/s mean, {:+.1}% vs plaintext no-auth ({CLIENTS} clients, {rounds} x {run:?})",
+                totals[m] / rounds as f64,
+                (totals[m] / base - 1.0) * 100.0
+            );
+        }
+    }
 }

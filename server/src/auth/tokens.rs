@@ -207,6 +207,13 @@ impl TokenSet {
                 };
                 Some(Matcher::new(Some(&filter)).map_err(|err| invalid(err.to_string()))?)
             };
+            // A webhook delivers whatever types it is created for, so a restricted token that
+            // may create webhooks could read around its restriction.
+            if restriction.is_some() && scopes.contains(&Scope::WebhooksAdmin) {
+                return Err(invalid(
+                    "webhooks:admin cannot be combined with event_types/streams: a webhook would deliver events outside them".into(),
+                ));
+            }
             if grants.iter().any(|g| g.name == entry.name) {
                 return Err(invalid("the name is used twice".into()));
             }
@@ -334,6 +341,16 @@ mod tests {
             h = hash_token("x")
         );
         assert!(file(&twice).unwrap_err().to_string().contains("twice"));
+        let restricted_admin = format!(
+            "[[token]]\nname = \"a\"\nsha256 = \"{}\"\nscopes = [\"webhooks:admin\"]\nstreams = [\"p-*\"]\n",
+            hash_token("x")
+        );
+        assert!(
+            file(&restricted_admin)
+                .unwrap_err()
+                .to_string()
+                .contains("webhooks:admin")
+        );
     }
 
     #[test]
