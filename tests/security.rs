@@ -755,6 +755,84 @@ async fn sighup_reloads_the_tokens_file_of_the_binary() {
     expect_unauthenticated_end(&mut stream, Duration::from_secs(5)).await;
 }
 
+#[tokio::test]
+async fn tokens_never_appear_in_the_log() {
+    const SECRET: &str = "never-log-me-0123456789abcdef";
+    const WRONG: &str = "wrong-never-log-me-987654321";
+    let data = tempfile::tempdir().expect("dir");
+    let tokens_dir = tempfile::tempdir().expect("dir");
+    let path = tokens_dir.path().join("tokens.toml");
+    write_tokens(
+        &path,
+        &[Tok::new("reader", SECRET, &[Scope::EventsSubscribe])],
+    );
+    let port = free_port();
+    let mut child = Command::new(common::server_binary())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .arg("--auth-tokens")
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut events = EventServiceClient::new(channel);
+    events
+        .read_events(with_token(ReadEventsRequest::default(), Some(SECRET)))
+        .await
+        .expect("valid token");
+    for _ in 0..3 {
+        let err = events
+            .read_events(with_token(ReadEventsRequest::default(), Some(WRONG)))
+            .await
+            .expect_err("wrong token");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let err = events
+        .publish(with_token(publish_request("s-1", "t.x"), Some(SECRET)))
+        .await
+        .expect_err("no scope");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = child.try_wait();
+        child.wait_with_output()
+    })
+    .await
+    .expect("join")
+    .expect("output");
+    let log = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains("request rejected"),
+        "rejections are logged: {log}"
+    );
+    assert!(log.contains("reader"), "the token's name is logged");
+    for secret in [SECRET, WRONG] {
+        assert!(!log.contains(secret), "a token leaked into the log");
+        assert!(
+            !log.contains(&hash_token(secret)),
+            "a token hash leaked into the log"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dev mode and the loopback rule
 
@@ -1184,6 +1262,23 @@ async fn request_timeout_does_not_end_long_lived_subscriptions() {
 // ---------------------------------------------------------------------------------------------
 // Cost of auth + TLS
 
+/// CPU time used by this process so far (user + system), from /proc: less sensitive than
+/// throughput to other load on a shared machine.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Clock ticks are 1/100 s on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// Appends per second with `clients` concurrent connections for `run`, and p50/p99 latency.
 async fn append_rate(
     channels: Vec<Channel>,
@@ -1248,6 +1343,7 @@ async fn throughput_cost_of_auth_and_tls() {
         ordo_server::store::SyncMode::NoFsyncUnsafe,
     ] {
         let mut totals = [0.0f64; 4];
+        let mut cpu = [(Duration::ZERO, 0.0f64); 4];
         for round in 0..rounds {
             for (m, (auth, tls)) in modes.into_iter().enumerate() {
                 let tokens = tokens.clone();
@@ -1287,7 +1383,10 @@ async fn throughput_cost_of_auth_and_tls() {
                     channels.push(channel);
                 }
                 let token = auth.then_some(ADMIN);
+                let cpu_before = process_cpu();
                 let (rate, p50, p99) = append_rate(channels, token, run).await;
+                cpu[m].0 += process_cpu().saturating_sub(cpu_before);
+                cpu[m].1 += rate * run.as_secs_f64();
                 totals[m] += rate;
                 println!(
                     "round {round} {sync:?} auth={auth} tls={tls}: {rate:.0} appends/s, p50 {p50:?}, p99 {p99:?}"
@@ -1296,8 +1395,9 @@ async fn throughput_cost_of_auth_and_tls() {
         }
         let base = totals[0];
         for (m, (auth, tls)) in modes.into_iter().enumerate() {
+            let per_append = cpu[m].0.as_secs_f64() * 1e6 / cpu[m].1.max(1.0);
             println!(
-                "SUMMARY {sync:?} auth={auth} tls={tls}: {:.0} appends/s mean, {:+.1}% vs plaintext no-auth ({CLIENTS} clients, {rounds} x {run:?})",
+                "SUMMARY {sync:?} auth={auth} tls={tls}: {:.0} appends/s mean, {:+.1}% vs plaintext no-auth; {per_append:.0} us CPU per append (client + server) ({CLIENTS} clients, {rounds} x {run:?})",
                 totals[m] / rounds as f64,
                 (totals[m] / base - 1.0) * 100.0
             );
