@@ -675,9 +675,9 @@ async fn restart_mid_retry_resumes_without_loss_or_skips() {
 
 #[tokio::test]
 async fn parallel_delivery_is_not_held_up_by_a_failing_event() {
-    let server = TestServer::start_with(|cfg| fast(cfg, &[300, 300])).await;
+    let server = TestServer::start_with(|cfg| fast(cfg, &[3000])).await;
     let receiver = Receiver::start().await;
-    // Whichever request comes first fails once; its retry is due 240-360 ms later.
+    // Whichever request comes first fails once; its retry is due 2.4-3.6 s later.
     receiver.script([reply(503)]);
     let mut hooks = hooks(&server).await;
     let mut req = create_req(&receiver.url(), &["*"]);
@@ -686,15 +686,17 @@ async fn parallel_delivery_is_not_held_up_by_a_failing_event() {
     assert_eq!(hook.max_in_flight, 4);
     let published = publish_n(&server, 8).await;
 
-    let got = receiver.wait_delivered(8).await;
+    // The other seven arrive while the failed one waits for its retry.
+    let others = receiver.wait_delivered(7).await;
     let failed = receiver.seen()[0].clone();
     assert_eq!(failed.answered, 503);
-    let mut delivered = ids(&got);
-    assert_eq!(
-        delivered.last(),
-        Some(&failed.id),
+    assert!(
+        others.iter().all(|r| r.id != failed.id),
         "the others did not wait for the failing event"
     );
+    let got = receiver.wait_delivered(8).await;
+    assert_eq!(got[7].id, failed.id);
+    let mut delivered = ids(&got);
     delivered.sort();
     let mut expected = published.clone();
     expected.sort();
@@ -742,16 +744,33 @@ async fn parallel_retry_state_survives_a_restart() {
         (h.delivered_through_offset == 3).then_some(())
     })
     .await;
+    // Attempt numbers continue across the restart: each success is numbered right after the
+    // failures recorded for its event (an attempt cut off by the shutdown is not counted).
     let attempts = deliveries(&mut hooks, &hook.id).await;
-    for success in attempts
+    let failures = |offset: u64| {
+        attempts
+            .iter()
+            .filter(|a| {
+                a.event_offset == offset && a.outcome == DeliveryOutcome::RetryScheduled as i32
+            })
+            .count() as u32
+    };
+    let successes: Vec<_> = attempts
         .iter()
         .filter(|a| a.outcome == DeliveryOutcome::Succeeded as i32)
-    {
-        assert!(
-            success.attempt >= 3,
+        .collect();
+    assert_eq!(successes.len(), 3);
+    for success in successes {
+        assert_eq!(
+            success.attempt,
+            failures(success.event_offset) + 1,
             "attempt count continued across the restart: {success:?}"
         );
     }
+    assert!(
+        (1..=3).map(failures).sum::<u32>() >= 3,
+        "failures before the restart"
+    );
     server.stop().await;
 }
 

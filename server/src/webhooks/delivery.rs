@@ -297,6 +297,15 @@ impl DeliveryTask {
     /// attempt counts and due times as in ordered mode. Returns only to stop or on an error
     /// (the caller then re-enters from the durable state).
     async fn run_parallel(&mut self) -> Result<Flow, DeliveryError> {
+        let mut jobs: JoinSet<Job> = JoinSet::new();
+        let result = self.parallel_loop(&mut jobs).await;
+        // Wait for aborted attempts to be dropped: they hold the engine (and so the log), which
+        // must be released before the server's shutdown closes the log.
+        jobs.shutdown().await;
+        result
+    }
+
+    async fn parallel_loop(&mut self, jobs: &mut JoinSet<Job>) -> Result<Flow, DeliveryError> {
         let log = self.hooks.log().clone();
         let cursor = self.hooks.load_cursor(&self.id)?;
         let mut low = cursor.delivered_through;
@@ -353,7 +362,6 @@ impl DeliveryTask {
                 .await?;
         }
 
-        let mut jobs: JoinSet<Job> = JoinSet::new();
         let mut redrive: Option<Slot> = None;
         let mut redrive_offset = 0;
         loop {
@@ -387,7 +395,7 @@ impl DeliveryTask {
                 let event = read_one(&log, offset)?;
                 if matcher.matches(&event) {
                     window.insert(offset, Slot::Busy);
-                    self.spawn_job(&mut jobs, &hook, event, false, attempts + 1);
+                    self.spawn_job(jobs, &hook, event, false, attempts + 1);
                 } else {
                     // The filters changed: the event is no longer wanted.
                     window.insert(offset, Slot::Done);
@@ -404,13 +412,13 @@ impl DeliveryTask {
                     {
                         redrive = Some(Slot::Busy);
                         redrive_offset = offset;
-                        self.spawn_job(&mut jobs, &hook, read_one(&log, offset)?, true, 1);
+                        self.spawn_job(jobs, &hook, read_one(&log, offset)?, true, 1);
                     }
                 }
                 Some(Slot::Waiting { attempts, due_ms }) if due_ms <= now && jobs.len() < max => {
                     redrive = Some(Slot::Busy);
                     let event = read_one(&log, redrive_offset)?;
-                    self.spawn_job(&mut jobs, &hook, event, true, attempts + 1);
+                    self.spawn_job(jobs, &hook, event, true, attempts + 1);
                 }
                 _ => {}
             }
@@ -430,7 +438,7 @@ impl DeliveryTask {
                 next = event.offset + 1;
                 if matcher.matches(&event) {
                     window.insert(event.offset, Slot::Busy);
-                    self.spawn_job(&mut jobs, &hook, event, false, 1);
+                    self.spawn_job(jobs, &hook, event, false, 1);
                 } else {
                     window.insert(event.offset, Slot::Done);
                 }
