@@ -51,9 +51,11 @@ impl OrderCommands {
     }
 
     fn next_order_id(&self) -> String {
-        let generated = self.ids.lock().ok().and_then(|mut ids| ids.generate().ok());
-        // The generator fails only when 2^80 ids were made in one millisecond.
-        generated.unwrap_or_else(ulid::Ulid::new).to_string()
+        match self.ids.lock().ok().and_then(|mut ids| ids.generate().ok()) {
+            Some(id) => id.to_string(),
+            // The generator fails only when 2^80 ids were made in one millisecond.
+            None => ulid::Ulid::new().to_string(),
+        }
     }
 
     pub async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrdoError> {

@@ -130,7 +130,16 @@ async fn main() -> anyhow::Result<()> {
         Scenario::E2e { rate, subscribers } => {
             let (_owned, channel) = target(g).await?;
             for &r in rate {
-                emit(&scenarios::e2e(&[channel.clone()], r, *subscribers, duration, "e2e").await?);
+                emit(
+                    &scenarios::e2e(
+                        std::slice::from_ref(&channel),
+                        r,
+                        *subscribers,
+                        duration,
+                        "e2e",
+                    )
+                    .await?,
+                );
             }
         }
         Scenario::Catchup {
@@ -171,7 +180,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 emit(&scenarios::append_batch(&channel, 4, 100, batch_dur).await?);
                 for rate in [1000, 10_000] {
-                    emit(&scenarios::e2e(&[channel.clone()], rate, 1, run, "e2e").await?);
+                    emit(
+                        &scenarios::e2e(std::slice::from_ref(&channel), rate, 1, run, "e2e")
+                            .await?,
+                    );
                 }
             }
             {
