@@ -236,10 +236,10 @@ where
         Box::pin(async move {
             let call = inner.call(request);
             let Some(limit) = timeout else {
-                return call.await;
+                return call.await.inspect(|r| count_oversized(r, &path));
             };
             match tokio::time::timeout(limit, call).await {
-                Ok(response) => response,
+                Ok(response) => response.inspect(|r| count_oversized(r, &path)),
                 Err(_) => {
                     Rejection::Timeout.record("-", &path, "request timeout");
                     Ok(Status::deadline_exceeded(format!(
@@ -250,6 +250,22 @@ where
                 }
             }
         })
+    }
+}
+
+/// Counts requests tonic's decoder refused for size: they never reach a handler, so this is
+/// the one place that sees them. Such refusals are trailers-only responses (status in headers).
+fn count_oversized<B>(response: &Response<B>, path: &str) {
+    let headers = response.headers();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    if out_of_range
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.to_str().is_ok_and(|m| m.contains("too%20large")))
+    {
+        Rejection::Oversized.record("-", path, "max_message_bytes");
     }
 }
 

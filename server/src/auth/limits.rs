@@ -32,9 +32,11 @@ pub enum Rejection {
     Timeout,
     /// An open stream ended because its token was revoked or changed.
     Revoked,
+    /// A request over the message size limit (refused by tonic's decoder, seen by the layer).
+    Oversized,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 static COUNTS: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
 impl Rejection {
@@ -51,6 +53,7 @@ impl Rejection {
             Rejection::Subscribers => "subscriber_cap",
             Rejection::Timeout => "request_timeout",
             Rejection::Revoked => "stream_revoked",
+            Rejection::Oversized => "message_too_large",
         }
     }
 
@@ -87,6 +90,7 @@ pub fn summary() -> Vec<(&'static str, u64)> {
         Rejection::Subscribers,
         Rejection::Timeout,
         Rejection::Revoked,
+        Rejection::Oversized,
     ]
     .into_iter()
     .map(|r| (r.as_str(), r.count()))
