@@ -192,10 +192,13 @@ impl StreamAccess {
         }
     }
 
-    /// True once the token is gone from the current token set or its grant changed.
+    /// True once the token is gone from the current token set or its grant changed. Cheap
+    /// enough to call per event: one atomic load until a reload happens.
     pub fn is_revoked(&self) -> bool {
         match &self.watch {
             None => false,
+            // Unchanged since the call was admitted (the receiver was taken then): still valid.
+            Some((_, tokens)) if !tokens.has_changed().unwrap_or(false) => false,
             Some((grant, tokens)) => !tokens.borrow().still_grants(grant),
         }
     }

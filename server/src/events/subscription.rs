@@ -73,11 +73,6 @@ impl Subscription {
         loop {
             let head = *head_rx.borrow_and_update();
             while next <= head {
-                // Checked per chunk too, so a long catch-up cannot outlive a revoked token.
-                if self.access.is_revoked() {
-                    feed.revoked(&self.access).await;
-                    return;
-                }
                 let events = match self.log.read_raw(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
                     Ok(events) if !events.is_empty() => events,
                     Ok(_) => break,
@@ -87,6 +82,11 @@ impl Subscription {
                     }
                 };
                 for event in events {
+                    // Checked per event too, so a long catch-up cannot outlive a revoked token.
+                    if self.access.is_revoked() {
+                        feed.revoked(&self.access).await;
+                        return;
+                    }
                     let offset = event.offset;
                     let wanted = match self.wanted(&event) {
                         Ok(wanted) => wanted,
