@@ -5,6 +5,8 @@
 //! catch-up reads spend their time. Inside, each event is `varint(len) + encoded Event`, so a
 //! reader can hand out each event's bytes (a zero-copy slice of the chunk) without decoding it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use ordo_api::v1::Event;
 use prost::{
@@ -23,6 +25,9 @@ pub struct RawEvent {
     pub offset: u64,
     /// The protobuf encoding of the `Event` (offset and stream_version included).
     pub bytes: Bytes,
+    /// Type and stream id when already known (events from the in-memory tail), so filtered
+    /// live subscribers share one copy instead of each decoding it.
+    pub known_key: Option<Arc<EventKey>>,
 }
 
 impl RawEvent {
@@ -31,8 +36,13 @@ impl RawEvent {
     }
 
     /// Just the fields filters look at; prost skips the rest without allocating for them.
-    pub fn key(&self) -> Result<EventKey, StoreError> {
-        EventKey::decode(self.bytes.as_ref()).map_err(|e| corrupt("event", e.to_string()))
+    pub fn key(&self) -> Result<Arc<EventKey>, StoreError> {
+        if let Some(key) = &self.known_key {
+            return Ok(key.clone());
+        }
+        EventKey::decode(self.bytes.as_ref())
+            .map(Arc::new)
+            .map_err(|e| corrupt("event", e.to_string()))
     }
 }
 
@@ -122,6 +132,26 @@ pub fn offset_in_id(id: &str) -> Option<u64> {
 pub struct ChunkWriter {
     first: u64,
     buf: Vec<u8>,
+    keys: Vec<Arc<EventKey>>,
+}
+
+/// A finished chunk: where it starts, its bytes, and each event's key.
+pub struct Chunk {
+    pub first: u64,
+    pub bytes: Vec<u8>,
+    pub keys: Vec<Arc<EventKey>>,
+}
+
+impl Chunk {
+    /// The chunk's events (slices of one shared buffer, keys attached) and that buffer.
+    pub fn into_events(self) -> Result<(Vec<RawEvent>, Bytes), StoreError> {
+        let bytes = Bytes::from(self.bytes);
+        let mut events = parse(self.first, bytes.clone())?;
+        for (event, key) in events.iter_mut().zip(self.keys) {
+            event.known_key = Some(key);
+        }
+        Ok((events, bytes))
+    }
 }
 
 impl ChunkWriter {
@@ -130,6 +160,7 @@ impl ChunkWriter {
         Self {
             first,
             buf: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -147,11 +178,18 @@ impl ChunkWriter {
         encode_varint(len as u64, &mut self.buf);
         // Encoding into a Vec cannot run out of room.
         let _ = event.encode(&mut self.buf);
+        self.keys.push(Arc::new(EventKey {
+            r#type: event.r#type.clone(),
+            stream_id: event.stream_id.clone(),
+        }));
     }
 
-    /// (first offset, bytes).
-    pub fn finish(self) -> (u64, Vec<u8>) {
-        (self.first, self.buf)
+    pub fn finish(self) -> Chunk {
+        Chunk {
+            first: self.first,
+            bytes: self.buf,
+            keys: self.keys,
+        }
     }
 }
 
@@ -172,6 +210,7 @@ pub fn parse(first: u64, chunk: Bytes) -> Result<Vec<RawEvent>, StoreError> {
         events.push(RawEvent {
             offset,
             bytes: chunk.slice(start..start + len),
+            known_key: None,
         });
         rest = &rest[len..];
         offset += 1;

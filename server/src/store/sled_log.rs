@@ -121,13 +121,12 @@ impl EventLog for SledLog {
         if from > head || max == 0 {
             return Ok(Vec::new());
         }
-        let chunks = match self.tail.from(from, max_bytes) {
-            Some(chunks) => chunks,
-            None => chunk::read_chunks(&self.tree, from, head, max_bytes)?,
-        };
+        if let Some(events) = self.tail.read(from, head, max, max_bytes) {
+            return Ok(events);
+        }
         let mut events = Vec::new();
         let mut bytes = 0;
-        for (first, chunk) in chunks {
+        for (first, chunk) in chunk::read_chunks(&self.tree, from, head, max_bytes)? {
             for event in chunk::parse(first, chunk)? {
                 if event.offset < from {
                     continue;

@@ -14,7 +14,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
@@ -23,7 +22,7 @@ use super::{
     AppendBatch, AppendOutcome, Position, StoreError, StoredResponse,
     chunk::{self, ChunkWriter, EventIdentity},
     keys,
-    tail::Tail,
+    tail::{Tail, TailChunk},
 };
 
 /// Most appends folded into one commit; bounds the work done before anyone is answered.
@@ -89,8 +88,8 @@ impl Writer {
                 }
                 return Err(err);
             }
-            for (first, chunk) in group.chunks {
-                self.tail.push(first, chunk);
+            for chunk in group.chunks {
+                self.tail.push(chunk);
             }
             self.head = group.head;
             self.head_tx.send_replace(self.head);
@@ -167,8 +166,8 @@ struct Group {
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
     idempotency: HashMap<String, StoredResponse>,
-    /// (first offset, chunk) of every chunk staged, for the in-memory tail once durable.
-    chunks: Vec<(u64, Bytes)>,
+    /// Every chunk staged, for the in-memory tail once durable.
+    chunks: Vec<TailChunk>,
 }
 
 impl Group {
@@ -290,13 +289,13 @@ impl Group {
         if !chunk.is_empty() {
             new_chunks.push(chunk.finish());
         }
-        let new_chunks: Vec<(u64, Bytes)> = new_chunks
-            .into_iter()
-            .map(|(first, bytes)| {
-                ops.push((keys::event(first).to_vec(), Some(bytes.clone())));
-                (first, Bytes::from(bytes))
-            })
-            .collect();
+        let mut tail_chunks = Vec::with_capacity(new_chunks.len());
+        for chunk in new_chunks {
+            let first = chunk.first;
+            let (events, bytes) = chunk.into_events()?;
+            ops.push((keys::event(first).to_vec(), Some(bytes.to_vec())));
+            tail_chunks.push(TailChunk::new(events, bytes.len()));
+        }
         for (stream_id, (before, offsets)) in &streams {
             ops.push((
                 keys::stream_entry(stream_id, before + 1),
@@ -350,7 +349,7 @@ impl Group {
                 self.event_ids.insert(position.id.clone(), position.clone());
             }
         }
-        self.chunks.extend(new_chunks);
+        self.chunks.extend(tail_chunks);
         Ok(AppendOutcome::Appended {
             positions,
             response: projection.response,
