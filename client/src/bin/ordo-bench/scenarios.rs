@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context;
 use ordo_api::v1::{
     CreateOrderRequest, EventFilter, LineItem, Money, NewEvent, PublishRequest, StartPosition,
-    SubscribeRequest, event::Payload, event_service_client::EventServiceClient,
+    SubscribeRequest, event_service_client::EventServiceClient,
     order_service_client::OrderServiceClient, start_position::Position,
     subscribe_response::Message,
 };
@@ -261,24 +261,22 @@ pub async fn e2e(
     let mut readers = JoinSet::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers.max(1));
     for i in 0..subscribers {
-        let mut events = EventServiceClient::new(channels[i % channels.len()].clone());
+        let channel = channels[i % channels.len()].clone();
         let ready = ready_tx.clone();
         let stop = stop.clone();
         let stream_id = stream_id.clone();
         readers.spawn(async move {
-            let mut stream = events
-                .subscribe(SubscribeRequest {
-                    start: Some(StartPosition {
-                        position: Some(Position::End(true)),
-                    }),
-                    filter: Some(EventFilter {
-                        types: vec![],
-                        stream_ids: vec![stream_id],
-                    }),
-                    heartbeat_interval_ms: 1000,
-                })
-                .await?
-                .into_inner();
+            let request = SubscribeRequest {
+                start: Some(StartPosition {
+                    position: Some(Position::End(true)),
+                }),
+                filter: Some(EventFilter {
+                    types: vec![],
+                    stream_ids: vec![stream_id],
+                }),
+                heartbeat_interval_ms: 1000,
+            };
+            let mut stream = light::subscribe(channel, request).await?;
             let mut samples = Vec::new();
             loop {
                 let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
@@ -289,13 +287,12 @@ pub async fn e2e(
                 };
                 let Some(msg) = msg else { break };
                 match msg.message {
-                    Some(Message::CaughtUp(_)) => {
+                    Some(light::Message::CaughtUp(_)) => {
                         let _ = ready.send(()).await;
                     }
-                    Some(Message::Event(event)) => {
-                        if let Some(Payload::Data(data)) = &event.payload
-                            && data.len() >= 8
-                        {
+                    Some(light::Message::Event(event)) => {
+                        let data = &event.data;
+                        if data.len() >= 8 {
                             let mut sent = [0u8; 8];
                             sent.copy_from_slice(&data[..8]);
                             let sent = Duration::from_nanos(u64::from_le_bytes(sent));
@@ -387,5 +384,57 @@ fn order_request(worker: usize) -> CreateOrderRequest {
             }),
         }],
         idempotency_key: String::new(),
+    }
+}
+
+/// Subscribe as the latency scenarios see it: each message decoded down to the offset and the
+/// payload. A thousand subscribers in one process would otherwise spend the load generator's
+/// CPU (shared with the server on this machine) decoding strings nobody reads.
+mod light {
+    use ordo_api::v1::SubscribeRequest;
+    use tonic::{Status, codegen::http::uri::PathAndQuery, transport::Channel};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Response {
+        #[prost(oneof = "Message", tags = "1, 2, 3")]
+        pub message: Option<Message>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Event(Event),
+        #[prost(message, tag = "2")]
+        CaughtUp(Empty),
+        #[prost(message, tag = "3")]
+        Heartbeat(Empty),
+    }
+
+    /// `ordo.v1.Event`'s offset and `data` fields (same field numbers).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Event {
+        #[prost(uint64, tag = "1")]
+        pub offset: u64,
+        #[prost(bytes = "vec", tag = "11")]
+        pub data: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    pub async fn subscribe(
+        channel: Channel,
+        request: SubscribeRequest,
+    ) -> Result<tonic::Streaming<Response>, Status> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = PathAndQuery::from_static("/ordo.v1.EventService/Subscribe");
+        let codec = tonic_prost::ProstCodec::<SubscribeRequest, Response>::default();
+        Ok(grpc
+            .server_streaming(tonic::Request::new(request), path, codec)
+            .await?
+            .into_inner())
     }
 }
