@@ -101,7 +101,8 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    spawn_idempotency_sweeper(log.clone(), config.idempotency_retention, shutdown.clone());
+    let sweeper =
+        spawn_idempotency_sweeper(log.clone(), config.idempotency_retention, shutdown.clone());
 
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %config.data_dir.display(), head = log.head(), "ordo-server listening");
@@ -150,6 +151,8 @@ async fn serve(
         }
     };
     hooks.join().await;
+    // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
+    let _ = sweeper.await;
     info!(rejections = ?crate::auth::limits::summary(), "rejections since start");
     served?;
     Ok(())
@@ -208,7 +211,11 @@ fn server_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
 }
 
 /// Forgets idempotency keys older than the retention, once a minute.
-fn spawn_idempotency_sweeper(log: SharedLog, retention: Duration, shutdown: CancellationToken) {
+fn spawn_idempotency_sweeper(
+    log: SharedLog,
+    retention: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -229,5 +236,5 @@ fn spawn_idempotency_sweeper(log: SharedLog, retention: Duration, shutdown: Canc
                 Err(err) => warn!(error = %err, "idempotency sweeper panicked"),
             }
         }
-    });
+    })
 }

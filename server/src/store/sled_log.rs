@@ -46,14 +46,14 @@ impl SledLog {
     /// does not grow with the log.
     pub fn open(dir: &Path, sync: SyncMode) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // We flush and sync at every commit; sled's periodic flusher would only add contention.
             .flush_every_ms(None)
             // Larger segments raise sled's blob threshold (a quarter segment) above our node
             // sizes, so nodes stay in the main file; see chunk.rs.
-            .segment_size(8 * 1024 * 1024)
-            .open()?;
+            .segment_size(8 * 1024 * 1024);
+        let db = open_when_unlocked(&config)?;
         let tree = db.open_tree("log")?;
         // The head is the last event of the last chunk: one lookup, whatever the log's size.
         let head = match tree.scan_prefix([keys::EVENT]).next_back() {
@@ -93,6 +93,32 @@ impl SledLog {
             tail,
             writer: std::sync::Mutex::new(Some(handle)),
         }))
+    }
+}
+
+/// How long `open` waits for another holder of the data dir's lock (e.g. a server in the same
+/// process that is still finishing its shutdown) before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, retrying while the directory is locked by a holder that is going away, and
+/// saying plainly what is wrong if it is not.
+fn open_when_unlocked(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "the data dir is in use by another ordo-server (or another sled user): {err}"
+                ))));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
