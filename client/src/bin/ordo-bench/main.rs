@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Append { clients } => {
             let (_owned, channel) = target(g).await?;
             for &c in clients {
-                for kind in [AppendKind::Publish, AppendKind::CreateOrder] {
+                for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
                     emit(&scenarios::append(&channel, kind, c, duration).await?);
                 }
             }
@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
             {
                 let (_owned, channel) = target(g).await?;
                 for &c in &clients {
-                    for kind in [AppendKind::Publish, AppendKind::CreateOrder] {
+                    for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
                         emit(&scenarios::append(&channel, kind, c, run).await?);
                     }
                 }
@@ -255,12 +255,12 @@ async fn scale(g: &Global, events: u64) -> anyhow::Result<Vec<Row>> {
     let probe = Duration::from_secs_f64(g.duration.min(3.0));
     let (mut server, start_empty) = OwnedServer::start(&g.server_args).await?;
     let channel = scenarios::connect(&server.addr).await?;
-    let empty = scenarios::append(&channel, AppendKind::Publish, 1, probe).await?;
+    let empty = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
     fill(&channel, events).await?;
     server.stop()?;
     let start_full = server.spawn().await?;
     let channel = scenarios::connect(&server.addr).await?;
-    let full = scenarios::append(&channel, AppendKind::Publish, 1, probe).await?;
+    let full = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
     let mut rows = Vec::new();
     for (label, row, start) in [("0", empty, start_empty), ("filled", full, start_full)] {
         let stored = if label == "0" { 0 } else { events };

@@ -59,21 +59,19 @@ impl Row {
     }
 
     pub fn json_line(&self) -> String {
-        let mut extra = String::new();
-        for (k, v) in &self.extra {
-            let _ = write!(extra, ",\"{}\":\"{}\"", escape(k), escape(v));
+        let mut row = serde_json::json!({
+            "scenario": self.scenario,
+            "params": self.params,
+            "rate": (self.rate * 10.0).round() / 10.0,
+            "unit": self.unit,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "p999_ms": self.p999_ms,
+        });
+        for (key, value) in &self.extra {
+            row[key.as_str()] = serde_json::Value::String(value.clone());
         }
-        format!(
-            "{{\"scenario\":\"{}\",\"params\":\"{}\",\"rate\":{:.1},\"unit\":\"{}\",\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3}{}}}",
-            escape(&self.scenario),
-            escape(&self.params),
-            self.rate,
-            self.unit,
-            self.p50_ms,
-            self.p99_ms,
-            self.p999_ms,
-            extra
-        )
+        row.to_string()
     }
 }
 
@@ -82,8 +80,4 @@ pub fn table_header() -> String {
         "{:<13} {:<28} {:>12} {:<6} {:>8} {:>8} {:>8} extra",
         "scenario", "params", "rate/s", "unit", "p50 ms", "p99 ms", "p99.9 ms"
     )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }

@@ -38,7 +38,10 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
 /// What one `append` worker sends per call.
 #[derive(Debug, Clone, Copy)]
 pub enum AppendKind {
-    Publish,
+    /// Publish with this many events per call.
+    Publish {
+        batch: usize,
+    },
     CreateOrder,
 }
 
@@ -50,51 +53,13 @@ pub async fn append(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for worker in 0..clients {
-        let channel = channel.clone();
-        workers.spawn(async move {
-            let mut events = EventServiceClient::new(channel.clone());
-            let mut orders = OrderServiceClient::new(channel);
-            let mut samples = Vec::new();
-            let payload = vec![b'x'; PAYLOAD];
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match kind {
-                    AppendKind::Publish => {
-                        events
-                            .publish(publish_request(
-                                &format!("bench-{worker}"),
-                                payload.clone(),
-                                1,
-                            ))
-                            .await?;
-                    }
-                    AppendKind::CreateOrder => {
-                        orders.create_order(order_request(worker)).await?;
-                    }
-                }
-                samples.push(micros(t0.elapsed()));
-            }
-            anyhow::Ok(samples)
-        });
-    }
-    let samples = collect(workers).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let lat = Latencies::merge(samples);
+    let (lat, elapsed) = closed_loop(channel, kind, clients, duration).await?;
     let name = match kind {
-        AppendKind::Publish => "append",
+        AppendKind::Publish { .. } => "append",
         AppendKind::CreateOrder => "append-order",
     };
-    Ok(Row::new(
-        name,
-        format!("clients={clients}"),
-        lat.count() as f64 / elapsed,
-        "ops",
-    )
-    .latencies(&lat))
+    let rate = lat.count() as f64 / elapsed;
+    Ok(Row::new(name, format!("clients={clients}"), rate, "ops").latencies(&lat))
 }
 
 /// `clients` closed-loop workers each publishing `batch` events per call.
@@ -104,30 +69,8 @@ pub async fn append_batch(
     batch: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for worker in 0..clients {
-        let mut events = EventServiceClient::new(channel.clone());
-        workers.spawn(async move {
-            let mut samples = Vec::new();
-            let payload = vec![b'x'; PAYLOAD];
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                events
-                    .publish(publish_request(
-                        &format!("batch-{worker}"),
-                        payload.clone(),
-                        batch,
-                    ))
-                    .await?;
-                samples.push(micros(t0.elapsed()));
-            }
-            anyhow::Ok(samples)
-        });
-    }
-    let lat = Latencies::merge(collect(workers).await?);
-    let elapsed = started.elapsed().as_secs_f64();
+    let kind = AppendKind::Publish { batch };
+    let (lat, elapsed) = closed_loop(channel, kind, clients, duration).await?;
     let rate = (lat.count() * batch) as f64 / elapsed;
     Ok(Row::new(
         "append-batch",
@@ -140,6 +83,45 @@ pub async fn append_batch(
         "calls_per_s",
         format!("{:.0}", lat.count() as f64 / elapsed),
     ))
+}
+
+/// Runs `clients` workers that each send the next call as soon as the last one is answered,
+/// for `duration`; returns every call's latency and the seconds it all took.
+async fn closed_loop(
+    channel: &Channel,
+    kind: AppendKind,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(Latencies, f64)> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for worker in 0..clients {
+        let channel = channel.clone();
+        workers.spawn(async move {
+            let mut events = EventServiceClient::new(channel.clone());
+            let mut orders = OrderServiceClient::new(channel);
+            let mut samples = Vec::new();
+            let payload = vec![b'x'; PAYLOAD];
+            let stream = format!("bench-{worker}");
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match kind {
+                    AppendKind::Publish { batch } => {
+                        let request = publish_request(&stream, payload.clone(), batch);
+                        events.publish(request).await?;
+                    }
+                    AppendKind::CreateOrder => {
+                        orders.create_order(order_request(worker)).await?;
+                    }
+                }
+                samples.push(micros(t0.elapsed()));
+            }
+            anyhow::Ok(samples)
+        });
+    }
+    let samples = collect(workers).await?;
+    Ok((Latencies::merge(samples), started.elapsed().as_secs_f64()))
 }
 
 /// Appends `count` events quickly (batches of 1000, 4 in flight): the fixture for catch-up.
