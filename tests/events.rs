@@ -1307,12 +1307,9 @@ async fn subscriber_cap_is_resource_exhausted() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_during_catch_up_ends_with_unavailable_not_a_clean_end() {
-    let server = TestServer::start().await;
-    let mut events = server.events().await;
-    // 6 MB of history: more than the HTTP/2 windows plus the server's channel hold, so the
-    // subscription is still reading history when the server stops.
+/// 3,000 events of 2 KiB (6 MB): more than the HTTP/2 windows plus the server's channel hold,
+/// so a subscription from the start is still reading history when the server stops.
+async fn publish_bulk_history(events: &mut Events) {
     for b in 0..3 {
         let batch = (0..1000)
             .map(|i| NewEvent {
@@ -1320,8 +1317,15 @@ async fn shutdown_during_catch_up_ends_with_unavailable_not_a_clean_end() {
                 ..new_event_with_id("bulk", "t.bulk", &format!("b{b}-{i}"))
             })
             .collect();
-        publish(&mut events, batch).await;
+        publish(events, batch).await;
     }
+}
+
+#[tokio::test]
+async fn shutdown_during_catch_up_ends_with_unavailable_not_a_clean_end() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    publish_bulk_history(&mut events).await;
     let mut stream = subscribe(&mut events, sub(None)).await.expect("subscribe");
     let first = read_events(&mut stream, 10).await;
     assert_eq!(offsets(&first), (1..=10).collect::<Vec<_>>());
@@ -1561,15 +1565,7 @@ async fn sparse_filtered_reads_page_past_the_scan_cap() {
 async fn a_stalled_subscriber_cannot_block_shutdown() {
     let server = TestServer::start().await;
     let mut events = server.events().await;
-    for b in 0..3 {
-        let batch = (0..1000)
-            .map(|i| NewEvent {
-                data: vec![0; 2048],
-                ..new_event_with_id("bulk", "t.bulk", &format!("b{b}-{i}"))
-            })
-            .collect();
-        publish(&mut events, batch).await;
-    }
+    publish_bulk_history(&mut events).await;
     let mut stream = subscribe(&mut events, sub(None)).await.expect("subscribe");
     let first = read_events(&mut stream, 1).await;
     assert_eq!(first[0].offset, 1);
