@@ -1,20 +1,20 @@
 //! Key layout of the single sled tree. One tree, because sled's `apply_batch` is atomic only
 //! within a tree and events, indexes and records must commit together.
 //!
-//! - `e` + offset (u64 BE)                  -> encoded `Event`
-//! - `s` + stream id + 0x00 + version (BE)  -> offset (u64 BE)
+//! - `e` + first offset (u64 BE)            -> chunk: the events of one append batch (chunk.rs)
+//! - `s` + stream id + 0x00 + first version -> varint offsets of that stream's events in one batch
 //! - `v` + stream id                        -> current stream version (u64 BE)
-//! - `i` + event id                         -> offset (u64 BE)
+//! - `i` + event id (caller-chosen only)    -> offset, stream version (u64 BE each) + stream id
 //! - `k` + idempotency key                  -> fingerprint (32) + claimed-at ms (u64 BE) + response
 //! - `t` + claimed-at ms (BE) + key         -> empty (expiry index for `k`)
 //! - `r` + caller-defined key               -> caller-defined value (projections)
 
 pub const EVENT: u8 = b'e';
-pub const RECORD: u8 = b'r';
+const RECORD: u8 = b'r';
 const STREAM: u8 = b's';
 const VERSION: u8 = b'v';
 const EVENT_ID: u8 = b'i';
-pub const IDEMPOTENCY: u8 = b'k';
+const IDEMPOTENCY: u8 = b'k';
 pub const IDEMPOTENCY_TIME: u8 = b't';
 
 pub fn event(offset: u64) -> [u8; 9] {
