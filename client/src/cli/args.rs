@@ -33,7 +33,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "ORDO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificate (PEM) that signed the server's certificate; use with an https:// --addr.
-    #[arg(long, global = true, env = "ORDO_CA_CERT", value_name = "FILE")]
+    #[arg(
+        long,
+        visible_alias = "ca",
+        global = true,
+        env = "ORDO_CA_CERT",
+        value_name = "FILE"
+    )]
     pub ca_cert: Option<PathBuf>,
     /// Verify the server's certificate against this name instead of the address's host.
     #[arg(long, global = true, env = "ORDO_TLS_DOMAIN", value_name = "NAME")]
@@ -41,6 +47,7 @@ pub struct Cli {
     /// Client certificate (PEM) for servers that require mutual TLS; needs --client-key.
     #[arg(
         long,
+        visible_alias = "cert",
         global = true,
         env = "ORDO_CLIENT_CERT",
         value_name = "FILE",
@@ -50,6 +57,7 @@ pub struct Cli {
     /// Private key (PEM) of --client-cert.
     #[arg(
         long,
+        visible_alias = "key",
         global = true,
         env = "ORDO_CLIENT_KEY",
         value_name = "FILE",
@@ -311,4 +319,30 @@ the CLI, so a retried batch is never stored twice.")]
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         batch_size: u32,
     },
+}
+
+#[cfg(test)]
+mod tls_flag_tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The short names the security docs use (`--ca`, `--cert`, `--key`) work as well.
+    #[test]
+    fn short_tls_flag_names_are_aliases() {
+        let cli = Cli::try_parse_from([
+            "ordo", "--ca", "ca.pem", "--cert", "c.pem", "--key", "c.key", "health",
+        ])
+        .expect("parses");
+        assert_eq!(cli.ca_cert.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(
+            cli.client_cert.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+        assert_eq!(
+            cli.client_key.as_deref(),
+            Some(std::path::Path::new("c.key"))
+        );
+        assert!(Cli::try_parse_from(["ordo", "--cert", "c.pem", "health"]).is_err());
+    }
 }
