@@ -4,7 +4,7 @@
 //! that fails the test fails, it never skips). Then the producer creates an order and publishes,
 //! and the consumer prints history, one caught-up marker and live events, across a dropped
 //! connection, a `kill -9` restart of the server and a restart of its own from its cursor file;
-//! and both work with a bearer token over TLS.
+//! and both work with a bearer token over TLS and over mutual TLS.
 //!
 //! Self-contained on purpose: its own small child-server helper, no shared test module.
 
@@ -394,8 +394,17 @@ async fn node_consumer_sees_every_event_once_across_a_disconnect_a_kill9_and_its
     drop(server);
 }
 
-/// A CA (PEM) and a server certificate + key for `localhost` signed by it.
-fn test_pki() -> (String, String, String) {
+/// PEM files signed by one test CA.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, all signed by it.
+fn test_pki() -> Pki {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -413,7 +422,20 @@ fn test_pki() -> (String, String, String) {
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
-    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
+    let client_key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ordo node test client");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = params.signed_by(&client_key, &issuer).expect("client cert");
+    Pki {
+        ca: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
 }
 
 /// The token this test uses, and its SHA-256 (`printf %s TOKEN | sha256sum`).
@@ -421,24 +443,26 @@ const TOKEN: &str = "ordo-node-test-token";
 const TOKEN_SHA256: &str = "e70d740eb3df5cc782e1b9eca591812c6cc40158f4384da9e76e873e85694d0d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_producer_and_consumer_use_a_token_over_tls() {
+async fn node_producer_and_consumer_use_a_token_over_tls_and_mutual_tls() {
     node_ready().await;
-    let (ca, cert, key) = test_pki();
+    let pki = test_pki();
     let secrets = tempfile::tempdir().expect("temp dir");
     let write = |name: &str, text: &str| {
         let path = secrets.path().join(name);
         std::fs::write(&path, text).expect("write");
         path.to_str().expect("utf-8 path").to_string()
     };
-    let ca_path = write("ca.pem", &ca);
+    let ca_path = write("ca.pem", &pki.ca);
     let tokens = write(
         "tokens.toml",
         &format!(
             "[[token]]\nname = \"node\"\nsha256 = \"{TOKEN_SHA256}\"\nscopes = [\"orders:write\", \"orders:read\", \"events:publish\", \"events:subscribe\"]\n"
         ),
     );
-    let cert_path = write("server.pem", &cert);
-    let key_path = write("server.key", &key);
+    let cert_path = write("server.pem", &pki.server_cert);
+    let key_path = write("server.key", &pki.server_key);
+    let client_cert = write("client.pem", &pki.client_cert);
+    let client_key = write("client.key", &pki.client_key);
     let data = tempfile::tempdir().expect("temp dir");
     let server = Server::start(
         data.path(),
@@ -492,5 +516,61 @@ async fn node_producer_and_consumer_use_a_token_over_tls() {
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
     assert!(event_offsets(&parse(&refused.stdout)).is_empty());
+    drop(server);
+
+    // Mutual TLS: the same server requiring a client certificate signed by the CA.
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        data.path(),
+        None,
+        &[
+            "--auth-tokens",
+            &tokens,
+            "--tls-cert",
+            &cert_path,
+            "--tls-key",
+            &key_path,
+            "--tls-client-ca",
+            &ca_path,
+        ],
+    )
+    .await;
+    let addr = server.addr.to_string();
+    let producer = |identity: bool| {
+        let mut command = node("producer.js");
+        command.args([
+            "--addr",
+            &addr,
+            "--ca",
+            &ca_path,
+            "--tls-domain",
+            "localhost",
+        ]);
+        command.args(["--token", TOKEN, "--events", "1"]);
+        if identity {
+            command.args(["--cert", &client_cert, "--key", &client_key]);
+        }
+        command
+    };
+    assert_eq!(check_producer(&run_json(producer(true)).await, 1), [3]);
+    let refused = tokio::time::timeout(Duration::from_secs(60), producer(false).output())
+        .await
+        .expect("producer finishes")
+        .expect("run node");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("UNAVAILABLE"), "{stderr}");
+    let mut consumer = node("consumer.js");
+    consumer.args([
+        "--addr",
+        &addr,
+        "--ca",
+        &ca_path,
+        "--tls-domain",
+        "localhost",
+    ]);
+    consumer.args(["--cert", &client_cert, "--key", &client_key]);
+    consumer.args(["--token", TOKEN, "--count", "3"]);
+    assert_eq!(event_offsets(&run_json(consumer).await), [1, 2, 3]);
     drop(server);
 }

@@ -5,7 +5,7 @@
 //
 //   node consumer.js [--addr 127.0.0.1:50051] [--cursor FILE] [--after N] [--count N]
 //                    [--type T]... [--disconnect-after N] [--heartbeat-ms 1000]
-//                    [--ca ca.pem] [--tls-domain NAME] [--token TOKEN]
+//                    [--ca ca.pem] [--tls-domain NAME] [--cert c.pem --key c.key] [--token T]
 //
 // The whole resume logic is one variable: `last`, the offset of the last event processed (or the
 // last heartbeat's scanned_offset). Every (re)connect subscribes with `after_offset = last`, which

@@ -38,17 +38,26 @@ function load() {
 /** Command-line options for the connection, for util.parseArgs; each has an env var. */
 function connectionOptions() {
   const options = {
-    // host:port; an https:// prefix (or --ca) means TLS.
+    // host:port; an https:// prefix (or --ca, or --cert) means TLS.
     addr: { type: 'string', default: process.env.ORDO_ADDR || '127.0.0.1:50051' },
     // PEM file of the CA that signed the server's certificate. Without it, TLS uses the system's
     // trust store.
     ca: { type: 'string' },
     // The name to check the server's certificate against when it differs from the address.
     'tls-domain': { type: 'string' },
+    // PEM client certificate and key, for a server that requires mutual TLS.
+    cert: { type: 'string' },
+    key: { type: 'string' },
     // Sent as `authorization: Bearer <token>` on every call.
     token: { type: 'string' },
   };
-  const env = { ca: 'ORDO_CA_CERT', 'tls-domain': 'ORDO_TLS_DOMAIN', token: 'ORDO_TOKEN' };
+  const env = {
+    ca: 'ORDO_CA_CERT',
+    'tls-domain': 'ORDO_TLS_DOMAIN',
+    cert: 'ORDO_CLIENT_CERT',
+    key: 'ORDO_CLIENT_KEY',
+    token: 'ORDO_TOKEN',
+  };
   for (const [name, variable] of Object.entries(env)) {
     if (process.env[variable]) options[name].default = process.env[variable];
   }
@@ -62,7 +71,7 @@ function connectionOptions() {
 function connect(options) {
   const ordo = load();
   let target = options.addr;
-  let tls = Boolean(options.ca);
+  let tls = Boolean(options.ca || options.cert);
   const scheme = /^(https?):\/\/([^/]+)\/?$/.exec(target);
   if (scheme) {
     tls = tls || scheme[1] === 'https';
@@ -71,8 +80,15 @@ function connect(options) {
   const channelOptions = {};
   let credentials;
   if (tls) {
-    const ca = options.ca ? fs.readFileSync(options.ca) : null;
-    credentials = grpc.credentials.createSsl(ca);
+    const read = (file) => (file ? fs.readFileSync(file) : null);
+    if (Boolean(options.cert) !== Boolean(options.key)) {
+      throw new Error('--cert and --key go together (mutual TLS)');
+    }
+    credentials = grpc.credentials.createSsl(
+      read(options.ca),
+      read(options.key),
+      read(options.cert),
+    );
     if (options['tls-domain']) {
       channelOptions['grpc.ssl_target_name_override'] = options['tls-domain'];
       channelOptions['grpc.default_authority'] = options['tls-domain'];

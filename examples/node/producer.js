@@ -3,7 +3,7 @@
 // Ordo producer: creates an order, moves it along, and publishes a few events of its own.
 //
 //   node producer.js [--addr 127.0.0.1:50051] [--events 3] [--stream node-demo]
-//                    [--ca ca.pem] [--tls-domain NAME] [--token TOKEN]
+//                    [--ca ca.pem] [--tls-domain NAME] [--cert c.pem --key c.key] [--token T]
 //
 // Prints one JSON object per line: what it did and at which log offset (offsets are strings:
 // they are uint64).
