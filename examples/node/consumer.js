@@ -76,7 +76,8 @@ async function main() {
   const save = () => args.cursor && writeCursor(args.cursor, last);
   emit({ start_after: last.toString() });
 
-  const offsets = [];
+  const offsets = []; // with --count only: a live tail keeps nothing
+  let received = 0;
   let caughtUp = false;
   let dropped = false;
   let stopping = false;
@@ -87,7 +88,7 @@ async function main() {
     if (call) call.cancel();
   });
 
-  while (offsets.length < count && !stopping) {
+  while (received < count && !stopping) {
     const { events, metadata, close } = connect(args);
     call = events.Subscribe(
       {
@@ -122,9 +123,10 @@ async function main() {
           emit({ event: event.offset, type: event.type, stream_id: event.stream_id });
           last = offset;
           save();
-          offsets.push(event.offset);
-          if (offsets.length >= count) break;
-          if (disconnectAfter && !dropped && offsets.length === disconnectAfter) {
+          received += 1;
+          if (count !== Infinity) offsets.push(event.offset);
+          if (received >= count) break;
+          if (disconnectAfter && !dropped && received === disconnectAfter) {
             dropped = true;
             reason = 'CANCELLED'; // simulate a dropped connection (cancelled below)
             break;
@@ -143,7 +145,7 @@ async function main() {
         }
       }
       // The server does not end a subscription with OK, but if it did: resubscribe.
-      if (!reason && offsets.length < count) reason = 'OK';
+      if (!reason && received < count) reason = 'OK';
     } catch (error) {
       if (!stopping && !RETRYABLE.has(error.code)) throw error;
       reason = silent ? 'SILENT' : statusName(error.code);
@@ -158,7 +160,7 @@ async function main() {
       delay = Math.min(delay * 2, 2000);
     }
   }
-  if (count !== Infinity) emit({ done: offsets.length, offsets });
+  if (count !== Infinity) emit({ done: received, offsets });
 }
 
 main().catch((error) => {
