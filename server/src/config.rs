@@ -2,13 +2,21 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{auth::Auth, store::SyncMode, webhooks::WebhookConfig};
+use crate::{
+    auth::Auth,
+    store::{LogOptions, SyncMode},
+    webhooks::WebhookConfig,
+};
 
 /// Everything the server needs to run; `ServerConfig::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub sync: SyncMode,
+    /// Largest journal segment file, in bytes.
+    pub journal_segment_bytes: u64,
+    /// How often sled is flushed behind the journal.
+    pub sled_flush_interval: Duration,
     /// Default heartbeat period for subscriptions that do not ask for one.
     pub heartbeat_interval: Duration,
     /// How long idempotency keys are remembered.
@@ -27,6 +35,8 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             sync: SyncMode::Fdatasync,
+            journal_segment_bytes: LogOptions::default().journal_segment_bytes,
+            sled_flush_interval: LogOptions::default().sled_flush_interval,
             heartbeat_interval: Duration::from_secs(5),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             limits: Limits::default(),

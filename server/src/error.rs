@@ -54,7 +54,10 @@ impl From<OrdoError> for Status {
                     Code::AlreadyExists
                 }
                 StoreError::Closed | StoreError::Poisoned(_) => Code::Unavailable,
-                StoreError::Sled(_) | StoreError::Io(_) | StoreError::Corrupt { .. } => {
+                StoreError::Sled(_)
+                | StoreError::Io(_)
+                | StoreError::Journal(_)
+                | StoreError::Corrupt { .. } => {
                     error!(error = %message, "storage failure");
                     Code::Internal
                 }

@@ -22,6 +22,13 @@ struct Args {
     /// How an acknowledged append is made durable.
     #[arg(long, env = "ORDO_SYNC", value_enum, default_value_t = Sync::Fdatasync)]
     sync: Sync,
+    /// Largest journal segment file, in MiB (segments start at 4 MiB and double up to this).
+    #[arg(long, env = "ORDO_JOURNAL_SEGMENT_MB", default_value_t = 64)]
+    journal_segment_mb: u64,
+    /// How often sled is flushed behind the journal, in milliseconds: the most history the
+    /// journal keeps and a restart replays.
+    #[arg(long, env = "ORDO_SLED_FLUSH_MS", default_value_t = 200)]
+    sled_flush_ms: u64,
     /// Default heartbeat period for subscriptions, in milliseconds.
     #[arg(long, env = "ORDO_HEARTBEAT_MS", default_value_t = 5000)]
     heartbeat_ms: u64,
@@ -128,6 +135,8 @@ async fn main() -> anyhow::Result<()> {
         Sync::Fdatasync => SyncMode::Fdatasync,
         Sync::NoFsyncUnsafe => SyncMode::NoFsyncUnsafe,
     };
+    config.journal_segment_bytes = args.journal_segment_mb.max(4) * 1024 * 1024;
+    config.sled_flush_interval = Duration::from_millis(args.sled_flush_ms.max(1));
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
     config.limits.max_events_per_publish = args.max_events_per_publish;
     config.limits.max_payload_bytes = args.max_payload_bytes;

@@ -16,7 +16,7 @@ use crate::{
     config::{ServerConfig, TlsConfig},
     grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi, wire::EventServiceServer},
     orders::OrderCommands,
-    store::{SharedLog, SledLog},
+    store::{LogOptions, SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},
 };
 
@@ -52,7 +52,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     check_exposure(listener.local_addr()?, &config)?;
-    let log: SharedLog = SledLog::open(&config.data_dir, config.sync)?;
+    let log: SharedLog = SledLog::open_with(
+        &config.data_dir,
+        LogOptions {
+            sync: config.sync,
+            journal_segment_bytes: config.journal_segment_bytes,
+            sled_flush_interval: config.sled_flush_interval,
+        },
+    )?;
     let result = serve(listener, config, log.clone(), shutdown).await;
     let closing = log.clone();
     match tokio::task::spawn_blocking(move || closing.close()).await {

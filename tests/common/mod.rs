@@ -147,8 +147,16 @@ impl ChildServer {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // ORDO_TEST_LOG=info shows the server's logs (tracing writes to stdout).
+            .env(
+                "RUST_LOG",
+                std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(if std::env::var_os("ORDO_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ordo-server");

@@ -21,6 +21,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Journal(#[from] super::JournalError),
     #[error("corrupt data at {what}: {detail}")]
     Corrupt { what: String, detail: String },
 }

@@ -8,6 +8,8 @@
 //! - `k` + idempotency key                  -> fingerprint (32) + claimed-at ms (u64 BE) + response
 //! - `t` + claimed-at ms (BE) + key         -> empty (expiry index for `k`)
 //! - `r` + caller-defined key               -> caller-defined value (projections)
+//! - `j`                                    -> last journal frame applied (u64 BE): where
+//!   recovery resumes replaying the journal (journal/)
 
 pub const EVENT: u8 = b'e';
 const RECORD: u8 = b'r';
@@ -16,6 +18,8 @@ const VERSION: u8 = b'v';
 const EVENT_ID: u8 = b'i';
 const IDEMPOTENCY: u8 = b'k';
 pub const IDEMPOTENCY_TIME: u8 = b't';
+/// The one key that records how far sled has applied the journal.
+pub const JOURNAL_APPLIED: &[u8] = b"j";
 
 pub fn event(offset: u64) -> [u8; 9] {
     let mut key = [EVENT; 9];

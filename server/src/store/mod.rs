@@ -4,11 +4,18 @@
 //! The gRPC layer talks only to the [`EventLog`] trait, so a second backend can be added without
 //! touching it. [`SledLog`] is the embedded default.
 
-mod chunk;
+mod applier;
+mod codec;
 mod error;
+mod journal;
 mod keys;
+mod pending;
+mod reader;
+mod sled_files;
 mod sled_log;
+mod staging;
 mod tail;
+mod view;
 mod writer;
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -16,9 +23,10 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use ordo_api::v1::Event;
 use tokio::sync::watch;
 
-pub use chunk::{EventKey, RawEvent};
+pub use codec::{EventKey, RawEvent};
 pub use error::StoreError;
-pub use sled_log::{SledLog, SyncMode};
+pub use journal::JournalError;
+pub use sled_log::{LogOptions, SledLog, SyncMode};
 
 /// One atomic append: every event is stored and every record written, or nothing is.
 pub struct AppendBatch {

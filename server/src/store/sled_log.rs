@@ -1,9 +1,13 @@
-//! [`EventLog`] on sled 0.34: one tree, one writer thread, reads straight from the tree.
+//! [`EventLog`] on sled 0.34 behind a write-ahead journal: one writer thread that makes
+//! appends durable in the journal, one applier thread that copies them into sled, and reads
+//! that see both (`view.rs`, `reader.rs`).
 
 use std::{
+    ops::Bound,
     path::Path,
     sync::{Arc, RwLock},
     thread,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -12,9 +16,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
-    AppendBatch, AppendFuture, EventLog, RawEvent, Record, StoreError, StoredResponse, chunk, keys,
+    AppendBatch, AppendFuture, EventLog, RawEvent, Record, StoreError, StoredResponse,
+    applier::{Applier, ApplyJob, DEFAULT_FLUSH_EVERY, QUEUE_FRAMES},
+    codec::{self, decode_offset},
+    journal::{self, JournalOptions},
+    keys,
+    pending::Pending,
+    reader::Reader,
+    sled_files::DurableFiles,
+    staging::{self, Stores},
     tail::Tail,
-    writer::{self, DurableFiles, Job, Writer},
+    view::{Direction, View},
+    writer::{Job, Writer},
 };
 
 /// Appends that may wait for the writer before `append` itself waits: the queue's bound.
@@ -23,76 +36,180 @@ const QUEUE_DEPTH: usize = 4096;
 /// How an acknowledged append is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
-    /// sled flush plus fdatasync of its data file before every ack: survives power loss.
+    /// fdatasync of the journal before every ack (group-committed): survives power loss.
     #[default]
     Fdatasync,
-    /// sled flush only (`sync_file_range`): survives a process crash, NOT a power loss or kernel
-    /// crash. Opt-in, for those who trade that risk for throughput.
+    /// No fsync: the journal write is in the page cache when acknowledged, which survives a
+    /// process crash, NOT a power loss or kernel crash. Opt-in, for those who trade that risk
+    /// for throughput.
     NoFsyncUnsafe,
+}
+
+/// How the log is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    pub sync: SyncMode,
+    /// Largest journal segment file.
+    pub journal_segment_bytes: u64,
+    /// How often sled is flushed (and the journal trimmed): the most history the journal holds
+    /// and recovery may replay.
+    pub sled_flush_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Fdatasync,
+            journal_segment_bytes: journal::DEFAULT_SEGMENT_BYTES,
+            sled_flush_interval: DEFAULT_FLUSH_EVERY,
+        }
+    }
 }
 
 /// The sled-backed event log.
 pub struct SledLog {
     db: sled::Db,
-    tree: sled::Tree,
+    view: View,
+    reader: Reader,
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     head_rx: watch::Receiver<u64>,
-    tail: Arc<Tail>,
-    writer: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
+    threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl SledLog {
-    /// Opens (or creates) the log in `dir`. Start-up reads only the last event key, so its cost
-    /// does not grow with the log.
+    /// Opens (or creates) the log in `dir` with default options.
     pub fn open(dir: &Path, sync: SyncMode) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(
+            dir,
+            LogOptions {
+                sync,
+                ..LogOptions::default()
+            },
+        )
+    }
+
+    /// Opens (or creates) the log in `dir`: replays the journal frames sled has not made
+    /// durable, then starts the writer and the applier. Start-up reads only the frames not yet
+    /// in sled and the last event key, so its cost does not grow with the log.
+    pub fn open_with(dir: &Path, options: LogOptions) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir)?;
         let config = sled::Config::new()
             .path(dir)
-            // We flush and sync at every commit; sled's periodic flusher would only add contention.
+            // The applier flushes on its own schedule; sled's periodic flusher would only add
+            // contention.
             .flush_every_ms(None)
             // Larger segments raise sled's blob threshold (a quarter segment) above our node
-            // sizes, so nodes stay in the main file; see chunk.rs.
+            // sizes, so nodes stay in the main file; see codec.rs.
             .segment_size(8 * 1024 * 1024);
         let db = open_when_unlocked(&config)?;
         let tree = db.open_tree("log")?;
-        // The head is the last event of the last chunk: one lookup, whatever the log's size.
-        let head = match tree.scan_prefix([keys::EVENT]).next_back() {
-            Some(entry) => {
-                let (key, value) = entry?;
-                let first = writer::decode_offset(&key[1..], "event key")?;
-                let count = chunk::parse(first, Bytes::copy_from_slice(&value))?.len() as u64;
-                first + count.saturating_sub(1)
-            }
+        let applied = match tree.get(keys::JOURNAL_APPLIED)? {
+            Some(bytes) => decode_offset(&bytes, "journal applied lsn")?,
             None => 0,
         };
-        let durability = match sync {
-            SyncMode::Fdatasync => Some(DurableFiles::open(dir)?),
-            SyncMode::NoFsyncUnsafe => None,
-        };
-        info!(head, dir = %dir.display(), ?sync, "event log opened");
-
-        let (head_tx, head_rx) = watch::channel(head);
+        let sync = options.sync == SyncMode::Fdatasync;
+        let recovered = journal::recover(
+            &dir.join("journal"),
+            applied,
+            JournalOptions {
+                sync,
+                max_segment_bytes: options.journal_segment_bytes,
+            },
+        )?;
+        let pending = Arc::new(Pending::default());
         let tail = Arc::new(Tail::default());
-        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer {
+        let mut applier = Applier {
             db: db.clone(),
             tree: tree.clone(),
-            durability,
-            head,
-            head_tx,
+            durability: if sync {
+                Some(DurableFiles::open(dir)?)
+            } else {
+                None
+            },
+            pending: pending.clone(),
+            tail: tail.clone(),
+            sealed: recovered.journal.sealed(),
+            flush_every: options.sled_flush_interval,
+        };
+        let replayed = recovered.frames.len();
+        if let Some(&(last, _)) = recovered.frames.last() {
+            let jobs: Vec<ApplyJob> = recovered
+                .frames
+                .into_iter()
+                .map(|(lsn, ops)| ApplyJob { lsn, ops, head: 0 })
+                .collect();
+            for batch in jobs.chunks(256) {
+                applier.apply(batch)?;
+            }
+            applier.flush(last)?;
+        }
+        let head = last_offset(&tree)?;
+        info!(head, replayed, dir = %dir.display(), ?options, "event log opened");
+
+        let view = View {
+            tree: tree.clone(),
+            pending: pending.clone(),
+        };
+        let reader = Reader {
+            tree,
             tail: tail.clone(),
         };
-        let handle = thread::Builder::new()
+        let (head_tx, head_rx) = watch::channel(head);
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(QUEUE_FRAMES);
+        let writer = Writer {
+            stores: Stores {
+                view: view.clone(),
+                reader: reader.clone(),
+            },
+            journal: recovered.journal,
+            next_lsn: recovered.next_lsn,
+            pending,
+            head,
+            head_tx,
+            tail,
+            applier: apply_tx,
+        };
+        let applier_thread = thread::Builder::new()
+            .name("ordo-log-applier".into())
+            .spawn(move || applier.run(apply_rx))?;
+        let writer_thread = thread::Builder::new()
             .name("ordo-log-writer".into())
             .spawn(move || writer.run(receiver))?;
         Ok(Arc::new(Self {
             db,
-            tree,
+            view,
+            reader,
             sender: RwLock::new(Some(sender)),
             head_rx,
-            tail,
-            writer: std::sync::Mutex::new(Some(handle)),
+            // Joined in this order on close: the writer's end lets the applier finish.
+            threads: std::sync::Mutex::new(vec![writer_thread, applier_thread]),
         }))
+    }
+}
+
+/// The smallest key above every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+/// The last event of the last chunk in sled: one lookup, whatever the log's size.
+fn last_offset(tree: &sled::Tree) -> Result<u64, StoreError> {
+    match tree.scan_prefix([keys::EVENT]).next_back() {
+        Some(entry) => {
+            let (key, value) = entry?;
+            let first = decode_offset(&key[1..], "event key")?;
+            let count = codec::parse(first, Bytes::copy_from_slice(&value))?.len() as u64;
+            Ok(first + count.saturating_sub(1))
+        }
+        None => Ok(0),
     }
 }
 
@@ -142,29 +259,7 @@ impl EventLog for SledLog {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        let head = self.head();
-        let from = from.max(1);
-        if from > head || max == 0 {
-            return Ok(Vec::new());
-        }
-        if let Some(events) = self.tail.read(from, head, max, max_bytes) {
-            return Ok(events);
-        }
-        let mut events = Vec::new();
-        let mut bytes = 0;
-        for (first, chunk) in chunk::read_chunks(&self.tree, from, head, max_bytes)? {
-            for event in chunk::parse(first, chunk)? {
-                if event.offset < from {
-                    continue;
-                }
-                if event.offset > head || events.len() >= max || bytes >= max_bytes {
-                    return Ok(events);
-                }
-                bytes += event.bytes.len();
-                events.push(event);
-            }
-        }
-        Ok(events)
+        self.reader.read_raw(from, self.head(), max, max_bytes)
     }
 
     fn read_stream(
@@ -180,27 +275,37 @@ impl EventLog for SledLog {
         }
         let head = self.head();
         // The index entry holding `from_version` starts at or before it.
+        let lowest = keys::stream_entry(stream_id, 0);
+        let wanted = keys::stream_entry(stream_id, from_version);
         let start = match self
-            .tree
-            .range(keys::stream_entry(stream_id, 0)..=keys::stream_entry(stream_id, from_version))
-            .next_back()
+            .view
+            .range(
+                Bound::Included(&lowest),
+                Bound::Included(&wanted),
+                Direction::Backward,
+                1,
+            )?
+            .pop()
         {
-            Some(entry) => entry?.0.to_vec(),
-            None => keys::stream_entry(stream_id, from_version),
+            Some((key, _)) => key,
+            None => wanted,
         };
-        for entry in self
-            .tree
-            .range(start..=keys::stream_entry(stream_id, to_version))
-        {
-            let (key, value) = entry?;
-            let first = writer::decode_offset(&key[key.len() - 8..], "stream index key")?;
-            for (i, offset) in chunk::unpack_offsets(&value)?.into_iter().enumerate() {
+        let end = keys::stream_entry(stream_id, to_version);
+        let entries = self.view.range(
+            Bound::Included(&start),
+            Bound::Included(&end),
+            Direction::Forward,
+            usize::MAX,
+        )?;
+        for (key, value) in entries {
+            let first = decode_offset(&key[key.len() - 8..], "stream index key")?;
+            for (i, offset) in codec::unpack_offsets(&value)?.into_iter().enumerate() {
                 let version = first + i as u64;
                 if version < from_version || version > to_version || offset > head {
                     continue;
                 }
-                let Some(event) = self.read_raw(offset, 1, 1)?.into_iter().next() else {
-                    return Err(writer::corrupt(
+                let Some(event) = self.reader.read_one(offset, head)? else {
+                    return Err(codec::corrupt(
                         "stream index",
                         format!("offset {offset} missing"),
                     ));
@@ -212,7 +317,7 @@ impl EventLog for SledLog {
     }
 
     fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        writer::read_version(&self.tree, stream_id)
+        staging::read_version(&self.view, stream_id)
     }
 
     fn head(&self) -> u64 {
@@ -224,7 +329,7 @@ impl EventLog for SledLog {
     }
 
     fn get_record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(keys::record(key))?.map(|v| v.to_vec()))
+        Ok(self.view.get(&keys::record(key))?.map(|v| v.to_vec()))
     }
 
     fn scan_records(
@@ -234,39 +339,39 @@ impl EventLog for SledLog {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let full_prefix = keys::record(prefix);
-        let start = match after {
-            Some(after) => {
-                // The smallest key strictly greater than `after`.
-                let mut key = keys::record(after);
-                key.push(0);
-                key
-            }
-            None => full_prefix.clone(),
+        let after = after.map(keys::record);
+        let start = match &after {
+            Some(after) => Bound::Excluded(after.as_slice()),
+            None => Bound::Included(full_prefix.as_slice()),
         };
-        let mut out = Vec::new();
-        for entry in self.tree.range(start..) {
-            let (key, value) = entry?;
-            if !key.starts_with(&full_prefix) || out.len() >= limit {
-                break;
-            }
-            out.push((key[1..].to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        let end = prefix_end(&full_prefix);
+        let entries = self.view.range(
+            start,
+            end.as_ref().map(Vec::as_slice),
+            Direction::Forward,
+            limit,
+        )?;
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| (key[1..].to_vec(), value.to_vec()))
+            .collect())
     }
 
     fn idempotent_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
-        writer::read_idempotency(&self.tree, key)
+        staging::read_idempotency(&self.view, key)
     }
 
     fn expire_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        // Straight to sled, outside the journal: an expiry lost in a crash is simply redone.
+        let tree = &self.view.tree;
         let mut removed = 0;
         let start = [keys::IDEMPOTENCY_TIME];
         let end = keys::idempotency_time(cutoff_ms, "");
-        for entry in self.tree.range(start.to_vec()..end) {
+        for entry in tree.range(start.to_vec()..end) {
             let (key, _) = entry?;
             let claim = String::from_utf8_lossy(&key[9..]).into_owned();
-            self.tree.remove(keys::idempotency(&claim))?;
-            self.tree.remove(key)?;
+            tree.remove(keys::idempotency(&claim))?;
+            tree.remove(key)?;
             removed += 1;
         }
         Ok(removed)
@@ -276,7 +381,12 @@ impl EventLog for SledLog {
         if let Ok(mut sender) = self.sender.write() {
             sender.take();
         }
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut threads| std::mem::take(&mut *threads))
+            .unwrap_or_default();
+        for handle in threads {
             let _ = handle.join();
         }
         self.db.flush()?;
@@ -321,7 +431,7 @@ mod tests {
             .collect();
         log.append(batch(events)).await.expect("append");
         assert_eq!(log.head(), 500);
-        let chunks = log.tree.scan_prefix([keys::EVENT]).count();
+        let chunks = log.view.tree.scan_prefix([keys::EVENT]).count();
         assert!(
             chunks > 1,
             "500 x 300 B should need several chunks, got {chunks}"

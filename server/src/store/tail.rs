@@ -1,12 +1,22 @@
 //! The most recent chunks, kept in memory, already split into events with their keys. Live
 //! subscribers read the head of the log from here instead of each going to sled, copying and
 //! parsing the same bytes: fan-out costs a reference-count bump per event and subscriber.
+//!
+//! The tail also covers every chunk that is durable in the journal but not yet applied to
+//! sled: a chunk is evicted only once sled has it, so a reader sent to sled (because the tail
+//! does not reach back far enough) never finds a hole there.
 
-use std::{collections::VecDeque, sync::Arc, sync::RwLock};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use super::chunk::RawEvent;
+use super::codec::RawEvent;
 
-/// Bytes of chunks kept; older chunks are read from sled as usual.
+/// Bytes of chunks kept once sled has them; older chunks are read from sled as usual.
 const TAIL_BYTES: usize = 8 * 1024 * 1024;
 
 /// One durable chunk's events.
@@ -26,11 +36,17 @@ impl TailChunk {
     fn first(&self) -> u64 {
         self.events.first().map_or(0, |e| e.offset)
     }
+
+    fn last(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.offset)
+    }
 }
 
 #[derive(Default)]
 pub struct Tail {
     chunks: RwLock<TailChunks>,
+    /// The highest offset sled has applied: chunks above it are never evicted.
+    applied: AtomicU64,
 }
 
 #[derive(Default)]
@@ -51,11 +67,20 @@ impl Tail {
         };
         tail.bytes += chunk.bytes;
         tail.chunks.push_back(chunk);
-        while tail.bytes > TAIL_BYTES && tail.chunks.len() > 1 {
+        let applied = self.applied.load(Ordering::Acquire);
+        while tail.bytes > TAIL_BYTES
+            && tail.chunks.len() > 1
+            && tail.chunks.front().is_some_and(|c| c.last() <= applied)
+        {
             if let Some(old) = tail.chunks.pop_front() {
                 tail.bytes -= old.bytes;
             }
         }
+    }
+
+    /// Called by the applier once sled holds every event up to `offset`.
+    pub fn set_applied(&self, offset: u64) {
+        self.applied.fetch_max(offset, Ordering::Release);
     }
 
     /// Events from `from` to `to` (inclusive), at most `max` and about `max_bytes`, if the tail

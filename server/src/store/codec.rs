@@ -1,4 +1,8 @@
-//! The on-disk unit of the log: one sled value per append batch, holding that batch's events.
+//! Every byte layout the store writes, encoded and decoded in one place: chunks (the events of
+//! one append batch, stored as one sled value), the stream index, the event id index and
+//! idempotency records. The writer, the readers and recovery all go through here.
+//!
+//! Chunks: one sled value per append batch, holding that batch's events.
 //!
 //! Storing a batch as one value (keyed by its first offset) instead of one value per event cuts
 //! sled inserts per event from several to a fraction of one, which is where batched appends and
@@ -14,10 +18,7 @@ use prost::{
     encoding::{decode_varint, encode_varint, encoded_len_varint},
 };
 
-use super::{
-    StoreError, keys,
-    writer::{corrupt, decode_offset},
-};
+use super::{Position, StoreError, StoredResponse, keys};
 
 /// One stored event, still encoded: what subscriptions send on unchanged.
 #[derive(Debug, Clone)]
@@ -70,48 +71,6 @@ pub struct EventIdentity {
     pub stream_id: String,
     #[prost(uint64, tag = "7")]
     pub stream_version: u64,
-}
-
-/// Chunks from sled covering `from..=head`, up to about `max_bytes` (at least one).
-pub fn read_chunks(
-    tree: &sled::Tree,
-    from: u64,
-    head: u64,
-    max_bytes: usize,
-) -> Result<Vec<(u64, Bytes)>, StoreError> {
-    // The chunk holding `from` is the last one starting at or before it.
-    let start = match tree.range(keys::event(0)..=keys::event(from)).next_back() {
-        Some(entry) => entry?.0.to_vec(),
-        None => keys::event(from).to_vec(),
-    };
-    let mut chunks = Vec::new();
-    let mut bytes = 0;
-    for entry in tree.range(start..=keys::event(head).to_vec()) {
-        let (key, value) = entry?;
-        let first = decode_offset(&key[1..], "event key")?;
-        bytes += value.len();
-        chunks.push((first, Bytes::copy_from_slice(&value)));
-        if bytes >= max_bytes {
-            break;
-        }
-    }
-    Ok(chunks)
-}
-
-/// The stored event at `offset`, if it exists (and is at or below `head`).
-pub fn read_one(tree: &sled::Tree, offset: u64, head: u64) -> Result<Option<RawEvent>, StoreError> {
-    if offset == 0 || offset > head {
-        return Ok(None);
-    }
-    for (first, chunk) in read_chunks(tree, offset, offset, 1)? {
-        if let Some(event) = parse(first, chunk)?
-            .into_iter()
-            .find(|e| e.offset == offset)
-        {
-            return Ok(Some(event));
-        }
-    }
-    Ok(None)
 }
 
 /// A server-assigned event id: a ULID (time-ordered, 26 characters) whose random part carries
@@ -234,4 +193,61 @@ pub fn unpack_offsets(mut bytes: &[u8]) -> Result<Vec<u64>, StoreError> {
             .push(decode_varint(&mut bytes).map_err(|e| corrupt("stream index", e.to_string()))?);
     }
     Ok(offsets)
+}
+
+/// The event id index value: offset, stream version, stream id.
+pub fn encode_position(offset: u64, version: u64, stream_id: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16 + stream_id.len());
+    value.extend_from_slice(&offset.to_be_bytes());
+    value.extend_from_slice(&version.to_be_bytes());
+    value.extend_from_slice(stream_id.as_bytes());
+    value
+}
+
+pub fn decode_position(id: &str, value: &[u8]) -> Result<Position, StoreError> {
+    if value.len() < 16 {
+        return Err(corrupt("event id index", format!("{} bytes", value.len())));
+    }
+    Ok(Position {
+        id: id.to_string(),
+        offset: decode_offset(&value[..8], "event id index")?,
+        stream_version: decode_offset(&value[8..16], "event id index")?,
+        stream_id: String::from_utf8_lossy(&value[16..]).into_owned(),
+    })
+}
+
+/// An idempotency record: fingerprint (32 bytes), claimed-at ms (u64 BE), response.
+pub fn encode_idempotency(fingerprint: &[u8; 32], claimed_ms: u64, response: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(40 + response.len());
+    value.extend_from_slice(fingerprint);
+    value.extend_from_slice(&claimed_ms.to_be_bytes());
+    value.extend_from_slice(response);
+    value
+}
+
+pub fn decode_idempotency(value: &[u8]) -> Result<StoredResponse, StoreError> {
+    if value.len() < 40 {
+        return Err(corrupt(
+            "idempotency record",
+            format!("{} bytes", value.len()),
+        ));
+    }
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(&value[..32]);
+    Ok(StoredResponse {
+        fingerprint,
+        response: value[40..].to_vec(),
+    })
+}
+
+pub fn decode_offset(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    keys::decode_u64(bytes)
+        .ok_or_else(|| corrupt(what, format!("{} bytes, expected 8", bytes.len())))
+}
+
+pub fn corrupt(what: &str, detail: String) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_string(),
+        detail,
+    }
 }

@@ -1,0 +1,144 @@
+//! The applier thread: copies committed journal frames into sled, makes sled durable now and
+//! then, and lets the journal drop the segments sled no longer needs.
+//!
+//! sled's flush (pwrite + `sync_file_range` through its own I/O threads, plus our fdatasync of
+//! its files) costs a millisecond or more; here it runs every `flush_every` (200 ms by default)
+//! or [`FLUSH_BYTES`], for every frame applied since, instead of once per group commit.
+
+use std::{
+    sync::{
+        Arc,
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, error};
+
+use super::{
+    StoreError,
+    journal::{Op, Sealed},
+    keys,
+    pending::Pending,
+    sled_files::DurableFiles,
+    tail::Tail,
+};
+
+/// Longest time an applied frame waits, by default, for sled to make it durable (and its
+/// journal segment deletable).
+pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Bytes applied after which sled is flushed sooner.
+const FLUSH_BYTES: usize = 32 * 1024 * 1024;
+/// Frames applied to sled in one batch at most.
+const MAX_APPLY: usize = 64;
+/// Frames the writer may be ahead of sled before its appends wait (backpressure).
+pub const QUEUE_FRAMES: usize = 64;
+
+/// One committed frame for sled.
+pub struct ApplyJob {
+    pub lsn: u64,
+    pub ops: Vec<Op>,
+    /// The log's head after this frame: sled has every event up to it once applied.
+    pub head: u64,
+}
+
+pub struct Applier {
+    pub db: sled::Db,
+    pub tree: sled::Tree,
+    pub durability: Option<DurableFiles>,
+    pub pending: Arc<Pending>,
+    pub tail: Arc<Tail>,
+    pub sealed: Sealed,
+    /// How often sled is made durable: the journal keeps about this much history.
+    pub flush_every: Duration,
+}
+
+impl Applier {
+    /// Runs until the writer is gone, then makes everything durable in sled.
+    pub fn run(mut self, rx: Receiver<ApplyJob>) {
+        let mut applied_lsn = 0;
+        let mut unflushed = 0usize;
+        let mut last_flush = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(self.flush_every) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_APPLY {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                match self.apply(&jobs) {
+                    Ok(bytes) => {
+                        unflushed += bytes;
+                        applied_lsn = jobs.last().map_or(applied_lsn, |j| j.lsn);
+                    }
+                    Err(err) => return self.fail("apply", err),
+                }
+            }
+            let due = unflushed >= FLUSH_BYTES || last_flush.elapsed() >= self.flush_every;
+            if unflushed > 0 && due {
+                if let Err(err) = self.flush(applied_lsn) {
+                    return self.fail("flush", err);
+                }
+                unflushed = 0;
+                last_flush = Instant::now();
+            }
+        }
+        if let Err(err) = self.flush(applied_lsn) {
+            self.fail("final flush", err);
+        }
+    }
+
+    /// Writes frames into sled in one atomic batch, with the last lsn, and forgets them from
+    /// the pending writes.
+    pub fn apply(&self, jobs: &[ApplyJob]) -> Result<usize, StoreError> {
+        let Some(last) = jobs.last() else {
+            return Ok(0);
+        };
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        for job in jobs {
+            for op in &job.ops {
+                match &op.value {
+                    Some(value) => {
+                        bytes += op.key.len() + value.len();
+                        batch.insert(op.key.as_slice(), value.as_ref());
+                    }
+                    None => batch.remove(op.key.as_slice()),
+                }
+            }
+        }
+        batch.insert(keys::JOURNAL_APPLIED, &last.lsn.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        for job in jobs {
+            self.pending.applied(job.lsn, &job.ops);
+        }
+        self.tail.set_applied(last.head);
+        Ok(bytes)
+    }
+
+    /// Makes sled durable up to `lsn`, then deletes the journal segments it covers.
+    pub fn flush(&mut self, lsn: u64) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(files) = &mut self.durability {
+            files.sync()?;
+        }
+        let removed = self.sealed.release(lsn)?;
+        if removed > 0 {
+            debug!(lsn, removed, "journal segments released");
+        }
+        Ok(())
+    }
+
+    /// Stopping drops the channel, so the writer's next hand-off fails and it refuses appends
+    /// from then on; the journal still holds every acknowledged frame for the restart.
+    fn fail(&self, stage: &str, err: StoreError) {
+        error!(stage, error = %err, "applying the journal to sled failed; refusing writes until restart");
+    }
+}

@@ -1,0 +1,232 @@
+//! The write-ahead journal: where an append becomes durable.
+//!
+//! Each group commit is one frame (`frame.rs`) written with one `pwrite` and made durable with
+//! one `fdatasync` into a pre-zeroed segment file (`segment.rs`), and only then acknowledged.
+//! sled is updated from the same writes afterwards, off the critical path (`applier.rs`), and a
+//! segment is deleted only once sled's copy of every frame in it is durable. After a crash,
+//! `recovery.rs` replays into sled whatever frames sled had not made durable yet.
+//!
+//! Frames carry a log sequence number (lsn) that increases by one per frame; sled stores the
+//! last lsn it applied (`keys::JOURNAL_APPLIED`) in the same atomic batch as the writes, which
+//! is how recovery knows where to start.
+
+mod frame;
+mod recovery;
+mod segment;
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+};
+
+use thiserror::Error;
+use tracing::warn;
+
+pub use frame::Op;
+pub use recovery::recover;
+
+/// The first segment's size; each new segment doubles it up to the configured maximum, so an
+/// idle or short-lived server (every test) zero-fills a few MiB, a busy one few, large files.
+pub const MIN_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// The default largest segment.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why the journal failed. An I/O failure while appending leaves the file in an unknown state,
+/// so the writer stops taking appends (`StoreError::Poisoned`) until a restart recovers from
+/// what is really on disk; the io error is kept with the stage it happened in.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal {stage} failed: {source}")]
+    Io {
+        stage: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "journal segment {} is corrupt at byte {position}: {reason}; acknowledged frames follow \
+         it, so the server will not start on it: restore the data dir from a backup, or move the \
+         segment aside to accept losing the events it holds",
+        file.display()
+    )]
+    Corrupt {
+        file: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error(
+        "journal frames {from}..={to} are missing (sled has applied up to {applied}); the data \
+         dir is incomplete: restore it from a backup"
+    )]
+    Missing { from: u64, to: u64, applied: u64 },
+}
+
+fn io(stage: &'static str) -> impl FnOnce(std::io::Error) -> JournalError {
+    move |source| JournalError::Io { stage, source }
+}
+
+/// How the journal makes a frame durable.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// `fdatasync` after every frame (the durable default); without it a frame survives a
+    /// process crash (it is in the page cache) but not a power loss.
+    pub sync: bool,
+    /// The largest segment file.
+    pub max_segment_bytes: u64,
+}
+
+/// The writer's end of the journal: appends frames to the current segment and rolls over to a
+/// segment prepared in the background.
+pub struct Journal {
+    dir: PathBuf,
+    options: JournalOptions,
+    current: Current,
+    /// Zero-fills the next segment while the current one fills up.
+    preparing: Option<JoinHandle<std::io::Result<u64>>>,
+    sealed: Sealed,
+    buf: Vec<u8>,
+}
+
+struct Current {
+    index: u64,
+    file: File,
+    capacity: u64,
+    pos: u64,
+    last_lsn: u64,
+}
+
+impl Journal {
+    /// Writes one frame and, in the durable mode, syncs it. When this returns `Ok` the frame
+    /// survives a crash.
+    pub fn append(&mut self, lsn: u64, ops: &[Op]) -> Result<(), JournalError> {
+        frame::encode(lsn, ops, &mut self.buf);
+        let len = self.buf.len() as u64;
+        if self.current.pos + len > self.current.capacity {
+            self.roll(len)?;
+        }
+        self.current
+            .file
+            .write_all_at(&self.buf, self.current.pos)
+            .map_err(io("write"))?;
+        if self.options.sync {
+            self.current.file.sync_data().map_err(io("fdatasync"))?;
+        }
+        self.current.pos += len;
+        self.current.last_lsn = lsn;
+        // A frame larger than the reused buffer's usual size would otherwise stay allocated.
+        if self.buf.capacity() > 4 * 1024 * 1024 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// What the applier needs to delete segments once sled has them.
+    pub fn sealed(&self) -> Sealed {
+        self.sealed.clone()
+    }
+
+    /// Moves to the next segment, which must hold at least `need` bytes.
+    fn roll(&mut self, need: u64) -> Result<(), JournalError> {
+        let index = self.current.index + 1;
+        let capacity = match self.preparing.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| JournalError::Io {
+                    stage: "segment preparation",
+                    source: std::io::Error::other("the preparing thread panicked"),
+                })?
+                .map_err(io("segment preparation"))?,
+            None => {
+                segment::create(&self.dir, index, MIN_SEGMENT_BYTES)
+                    .map_err(io("segment creation"))?;
+                MIN_SEGMENT_BYTES
+            }
+        };
+        let file = segment::open(&self.dir, index).map_err(io("segment open"))?;
+        let capacity = if need > capacity {
+            // A frame bigger than any segment so far (a group of huge events): grow this one.
+            segment::zero_range(&file, capacity, need).map_err(io("segment growth"))?;
+            need
+        } else {
+            capacity
+        };
+        let old = std::mem::replace(
+            &mut self.current,
+            Current {
+                index,
+                file,
+                capacity,
+                pos: 0,
+                last_lsn: 0,
+            },
+        );
+        self.sealed.push(old.index, old.last_lsn);
+        self.prepare_next();
+        Ok(())
+    }
+
+    fn prepare_next(&mut self) {
+        let dir = self.dir.clone();
+        let index = self.current.index + 1;
+        let bytes = (self.current.capacity * 2).clamp(
+            MIN_SEGMENT_BYTES,
+            self.options.max_segment_bytes.max(MIN_SEGMENT_BYTES),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("ordo-journal-prep".into())
+            .spawn(move || segment::create(&dir, index, bytes).map(|()| bytes));
+        match spawned {
+            Ok(handle) => self.preparing = Some(handle),
+            // Not fatal: the roll-over creates the segment itself.
+            Err(err) => warn!(error = %err, "could not start the journal segment preparer"),
+        }
+    }
+}
+
+/// Segments the writer has moved past, oldest first, with the last lsn each holds. Shared with
+/// the applier, which deletes them once sled's copy is durable.
+#[derive(Clone)]
+pub struct Sealed {
+    dir: PathBuf,
+    segments: Arc<Mutex<VecDeque<(u64, u64)>>>,
+}
+
+impl Sealed {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            segments: Arc::default(),
+        }
+    }
+
+    fn push(&self, index: u64, last_lsn: u64) {
+        if let Ok(mut segments) = self.segments.lock() {
+            segments.push_back((index, last_lsn));
+        }
+    }
+
+    /// Deletes every sealed segment whose frames are all at or below `durable_lsn` (sled has
+    /// made them durable). Oldest first, so a crash midway leaves a contiguous suffix.
+    pub fn release(&self, durable_lsn: u64) -> std::io::Result<usize> {
+        let mut removed = 0;
+        loop {
+            let next = match self.segments.lock() {
+                Ok(segments) => segments.front().copied(),
+                Err(_) => None,
+            };
+            let Some((index, last_lsn)) = next else { break };
+            if last_lsn > durable_lsn {
+                break;
+            }
+            segment::remove(&self.dir, index)?;
+            if let Ok(mut segments) = self.segments.lock() {
+                segments.pop_front();
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,264 @@
+//! Start-up: read the segments, hand back the frames sled has not applied, and reopen the
+//! journal where the last whole frame ends.
+//!
+//! Outcomes, by what is found after the last whole frame:
+//! - zeros (or the end of the file): a clean end; writing resumes there.
+//! - a damaged frame with **no** whole frame after it anywhere: a torn last write. A frame is
+//!   acknowledged only after its fdatasync returned, and the writer writes one frame at a time,
+//!   so only the very last frame can be torn and it was never acknowledged. It is cut off
+//!   (zeroed), logged with its position, and writing resumes there. (A bit flip inside the last
+//!   frame cannot be told apart from a torn write; if sled already applied that frame nothing
+//!   is lost, and the log line says which it was.)
+//! - a damaged frame **followed** by a whole frame: acknowledged data sits behind damage, so the
+//!   server refuses to start, naming the file and byte ([`JournalError::Corrupt`]).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use tracing::{info, warn};
+
+use super::{
+    Current, Journal, JournalError, JournalOptions, MIN_SEGMENT_BYTES, Op, Sealed, frame,
+    frame::Decoded, io, segment,
+};
+
+/// What recovery found.
+pub struct Recovered {
+    pub journal: Journal,
+    /// Frames above sled's applied lsn, in order: replay them into sled before serving.
+    pub frames: Vec<(u64, Vec<Op>)>,
+    /// The lsn the next frame gets.
+    pub next_lsn: u64,
+}
+
+/// Opens the journal in `dir`; `applied` is the last lsn sled has applied.
+pub fn recover(
+    dir: &Path,
+    applied: u64,
+    options: JournalOptions,
+) -> Result<Recovered, JournalError> {
+    fs::create_dir_all(dir).map_err(io("journal dir creation"))?;
+    let indexes = segment::list(dir).map_err(io("journal listing"))?;
+    let sealed = Sealed::new(dir);
+    let Some(&last_index) = indexes.last() else {
+        segment::create(dir, 1, MIN_SEGMENT_BYTES).map_err(io("segment creation"))?;
+        let journal = reopen(dir, options, sealed, 1, 0, 0)?;
+        return Ok(Recovered {
+            journal,
+            frames: Vec::new(),
+            next_lsn: applied + 1,
+        });
+    };
+
+    let mut scan = Scan {
+        applied,
+        last_lsn: None,
+        frames: Vec::new(),
+    };
+    for (i, &index) in indexes.iter().enumerate() {
+        let path = segment::path(dir, index);
+        let bytes = fs::read(&path).map_err(io("segment read"))?;
+        let end = scan.segment(&path, &bytes, &indexes[i + 1..], dir)?;
+        match end {
+            SegmentEnd::Clean(_) if index != last_index => {
+                sealed.push(index, scan.last_lsn.unwrap_or(0));
+            }
+            SegmentEnd::Clean(pos) => {
+                let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
+                return Ok(scan.finish(journal));
+            }
+            SegmentEnd::Torn(pos) => {
+                // Nothing valid follows: later segments hold no frames. Drop them and cut here.
+                for &later in &indexes[i + 1..] {
+                    segment::remove(dir, later).map_err(io("segment removal"))?;
+                }
+                let file = segment::open(dir, index).map_err(io("segment open"))?;
+                let len = bytes.len() as u64;
+                segment::zero_range(&file, pos, len.max(pos)).map_err(io("torn tail cut"))?;
+                let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
+                return Ok(scan.finish(journal));
+            }
+        }
+    }
+    unreachable_end(dir)
+}
+
+/// The loop above returns at the last segment; this keeps the function total without a panic.
+fn unreachable_end(dir: &Path) -> Result<Recovered, JournalError> {
+    Err(JournalError::Corrupt {
+        file: dir.to_path_buf(),
+        position: 0,
+        reason: "journal scan ended without reaching its last segment".into(),
+    })
+}
+
+struct Scan {
+    applied: u64,
+    last_lsn: Option<u64>,
+    frames: Vec<(u64, Vec<Op>)>,
+}
+
+enum SegmentEnd {
+    /// Frames end at this position, zeros follow.
+    Clean(u64),
+    /// A torn frame starts at this position and nothing valid follows.
+    Torn(u64),
+}
+
+impl Scan {
+    fn segment(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        later: &[u64],
+        dir: &Path,
+    ) -> Result<SegmentEnd, JournalError> {
+        let mut pos = 0usize;
+        loop {
+            match frame::decode(&bytes[pos..]) {
+                Decoded::Frame { lsn, len, payload } => {
+                    self.accept(path, pos, lsn, payload)?;
+                    pos += len;
+                }
+                Decoded::End => return Ok(SegmentEnd::Clean(pos as u64)),
+                Decoded::Invalid { lsn, reason } => {
+                    if let Some((file, at)) =
+                        self.whole_frame_after(bytes, pos, path, later, dir)?
+                    {
+                        warn!(file = %file.display(), at, "whole journal frame found after damage");
+                        return Err(JournalError::Corrupt {
+                            file: path.to_path_buf(),
+                            position: pos as u64,
+                            reason,
+                        });
+                    }
+                    let already_applied = lsn.is_some_and(|lsn| lsn <= self.applied);
+                    warn!(
+                        file = %path.display(),
+                        position = pos,
+                        cut_bytes = bytes.len() - pos,
+                        frame_lsn = ?lsn,
+                        already_applied,
+                        reason = %reason,
+                        "journal ends in a torn frame (a write that was never acknowledged); cutting it off"
+                    );
+                    return Ok(SegmentEnd::Torn(pos as u64));
+                }
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        path: &Path,
+        pos: usize,
+        lsn: u64,
+        payload: &[u8],
+    ) -> Result<(), JournalError> {
+        let expected = match self.last_lsn {
+            Some(last) => last + 1,
+            // The oldest frame kept may be long applied, but none may be missing above sled.
+            None if lsn > self.applied + 1 => {
+                return Err(JournalError::Missing {
+                    from: self.applied + 1,
+                    to: lsn - 1,
+                    applied: self.applied,
+                });
+            }
+            None => lsn,
+        };
+        if lsn != expected {
+            return Err(JournalError::Corrupt {
+                file: path.to_path_buf(),
+                position: pos as u64,
+                reason: format!("frame lsn {lsn} where {expected} was expected"),
+            });
+        }
+        self.last_lsn = Some(lsn);
+        if lsn > self.applied {
+            let ops = frame::decode_ops(payload).map_err(|reason| JournalError::Corrupt {
+                file: path.to_path_buf(),
+                position: pos as u64,
+                reason,
+            })?;
+            self.frames.push((lsn, ops));
+        }
+        Ok(())
+    }
+
+    /// A whole frame newer than the last good one, anywhere after `pos` in this segment or in a
+    /// later one: proof that the damage at `pos` is not a torn last write.
+    fn whole_frame_after(
+        &self,
+        bytes: &[u8],
+        pos: usize,
+        path: &Path,
+        later: &[u64],
+        dir: &Path,
+    ) -> Result<Option<(PathBuf, usize)>, JournalError> {
+        let newer = |lsn: u64| self.last_lsn.is_none_or(|last| lsn > last);
+        if let Some(at) = find_frame(bytes, pos + 1, newer) {
+            return Ok(Some((path.to_path_buf(), at)));
+        }
+        for &index in later {
+            let later_path = segment::path(dir, index);
+            let bytes = fs::read(&later_path).map_err(io("segment read"))?;
+            if let Some(at) = find_frame(&bytes, 0, newer) {
+                return Ok(Some((later_path, at)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn finish(self, journal: Journal) -> Recovered {
+        let last = self.last_lsn.unwrap_or(0).max(self.applied);
+        info!(
+            replay = self.frames.len(),
+            applied = self.applied,
+            next_lsn = last + 1,
+            "journal recovered"
+        );
+        Recovered {
+            journal,
+            frames: self.frames,
+            next_lsn: last + 1,
+        }
+    }
+}
+
+fn find_frame(bytes: &[u8], from: usize, newer: impl Fn(u64) -> bool) -> Option<usize> {
+    (from..bytes.len().saturating_sub(frame::HEADER_LEN)).find(|&at| {
+        bytes[at..].starts_with(b"ORDJ")
+            && matches!(frame::decode(&bytes[at..]), Decoded::Frame { lsn, .. } if newer(lsn))
+    })
+}
+
+fn reopen(
+    dir: &Path,
+    options: JournalOptions,
+    sealed: Sealed,
+    index: u64,
+    pos: u64,
+    last_lsn: u64,
+) -> Result<Journal, JournalError> {
+    let file = segment::open(dir, index).map_err(io("segment open"))?;
+    let capacity = file.metadata().map_err(io("segment stat"))?.len();
+    let mut journal = Journal {
+        dir: dir.to_path_buf(),
+        options,
+        current: Current {
+            index,
+            file,
+            capacity,
+            pos,
+            last_lsn,
+        },
+        preparing: None,
+        sealed,
+        buf: Vec::new(),
+    };
+    journal.prepare_next();
+    Ok(journal)
+}
