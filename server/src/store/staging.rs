@@ -41,6 +41,12 @@ pub struct Group {
     versions: HashMap<String, u64>,
     event_ids: HashMap<String, Position>,
     idempotency: HashMap<String, StoredResponse>,
+    /// The events of every append in the group share chunks: one sled key per 64 KiB, not one
+    /// per append, which is most of what sled costs per event.
+    chunk: ChunkWriter,
+    /// Per stream: the first version this group writes and the offsets of its events (one
+    /// stream index entry per stream per group).
+    streams: HashMap<String, (u64, Vec<u64>)>,
     /// Every chunk staged, for the in-memory tail once durable.
     pub chunks: Vec<TailChunk>,
 }
@@ -55,8 +61,45 @@ impl Group {
             versions: HashMap::new(),
             event_ids: HashMap::new(),
             idempotency: HashMap::new(),
+            chunk: ChunkWriter::new(head + 1),
+            streams: HashMap::new(),
             chunks: Vec::new(),
         }
+    }
+
+    /// Closes the group: its last chunk and its stream index entries become writes.
+    pub fn seal(&mut self) -> Result<(), StoreError> {
+        self.close_chunk(self.head + 1)?;
+        for (stream_id, (first, offsets)) in std::mem::take(&mut self.streams) {
+            self.ops.push(put(
+                keys::stream_entry(&stream_id, first),
+                codec::pack_offsets(&offsets),
+            ));
+            let version = first + offsets.len() as u64 - 1;
+            self.ops.push(put(
+                keys::stream_version(&stream_id),
+                version.to_be_bytes().to_vec(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the open chunk (if any) and starts the next at offset `next`.
+    fn close_chunk(&mut self, next: u64) -> Result<(), StoreError> {
+        let chunk = std::mem::replace(&mut self.chunk, ChunkWriter::new(next));
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = chunk.finish();
+        let first = chunk.first;
+        let (events, bytes) = chunk.into_events()?;
+        self.bytes += bytes.len();
+        self.chunks.push(TailChunk::new(events, bytes.len()));
+        self.ops.push(Op {
+            key: keys::event(first).to_vec(),
+            value: Some(bytes),
+        });
+        Ok(())
     }
 
     /// Validates one append against the log plus this group, and stages it if it passes.
@@ -111,44 +154,53 @@ impl Group {
             }
         }
 
-        let mut ops: Vec<Op> = Vec::with_capacity(8);
-        // Per stream touched: (version before this batch, offsets of its events in this batch).
-        let mut streams: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
-        let mut positions = Vec::with_capacity(batch.events.len());
-        let mut batch_ids = HashSet::new();
-        let now = unix_ms();
-        let mut chunk = ChunkWriter::new(self.head + 1);
-        let mut bytes = 0;
-        let mut new_chunks = Vec::new();
-        let mut offset = self.head;
-        for mut event in batch.events {
-            offset += 1;
-            if batch.index_ids && !batch_ids.insert(event.id.clone()) {
+        if batch.index_ids {
+            let mut batch_ids = HashSet::new();
+            if let Some(event) = batch
+                .events
+                .iter()
+                .find(|e| !batch_ids.insert(e.id.as_str()))
+            {
                 return Err(StoreError::DuplicateEventId {
-                    id: event.id,
+                    id: event.id.clone(),
                     offset: 0,
                 });
             }
-            let version = match streams.get_mut(&event.stream_id) {
-                Some((before, offsets)) => {
-                    offsets.push(offset);
-                    *before + offsets.len() as u64
-                }
+        }
+        // Every read that can fail comes before the first write to the group's state, so a
+        // rejected append stages nothing.
+        let mut before: HashMap<String, u64> = HashMap::new();
+        for event in &batch.events {
+            if !before.contains_key(&event.stream_id) {
+                let version = self.version(store, &event.stream_id)?;
+                before.insert(event.stream_id.clone(), version);
+            }
+        }
+
+        let mut ops: Vec<Op> = Vec::with_capacity(4);
+        let mut positions = Vec::with_capacity(batch.events.len());
+        let now = unix_ms();
+        let mut offset = self.head;
+        for mut event in batch.events {
+            offset += 1;
+            let version = before.get(&event.stream_id).copied().unwrap_or(0) + 1;
+            before.insert(event.stream_id.clone(), version);
+            match self.streams.get_mut(&event.stream_id) {
+                Some((_, offsets)) => offsets.push(offset),
                 None => {
-                    let before = self.version(store, &event.stream_id)?;
-                    streams.insert(event.stream_id.clone(), (before, vec![offset]));
-                    before + 1
+                    self.streams
+                        .insert(event.stream_id.clone(), (version, vec![offset]));
                 }
-            };
+            }
             event.offset = offset;
             event.stream_version = version;
             if event.id.is_empty() {
                 event.id = codec::server_id(offset, now);
             }
-            if chunk.is_full() {
-                new_chunks.push(std::mem::replace(&mut chunk, ChunkWriter::new(offset)).finish());
+            if self.chunk.is_full() {
+                self.close_chunk(offset)?;
             }
-            chunk.push(&event);
+            self.chunk.push(&event);
             if batch.index_ids {
                 ops.push(put(
                     keys::event_id(&event.id),
@@ -161,31 +213,6 @@ impl Group {
                 stream_id: event.stream_id,
                 stream_version: version,
             });
-        }
-        if !chunk.is_empty() {
-            new_chunks.push(chunk.finish());
-        }
-        let mut tail_chunks = Vec::with_capacity(new_chunks.len());
-        for chunk in new_chunks {
-            let first = chunk.first;
-            let (events, chunk_bytes) = chunk.into_events()?;
-            bytes += chunk_bytes.len();
-            tail_chunks.push(TailChunk::new(events, chunk_bytes.len()));
-            ops.push(Op {
-                key: keys::event(first).to_vec(),
-                value: Some(chunk_bytes),
-            });
-        }
-        for (stream_id, (before, offsets)) in &streams {
-            ops.push(put(
-                keys::stream_entry(stream_id, before + 1),
-                codec::pack_offsets(offsets),
-            ));
-            let version = before + offsets.len() as u64;
-            ops.push(put(
-                keys::stream_version(stream_id),
-                version.to_be_bytes().to_vec(),
-            ));
         }
 
         let projection = batch
@@ -215,18 +242,13 @@ impl Group {
         }
 
         self.ops.extend(ops);
-        self.bytes += bytes;
         self.head = offset;
-        for (stream_id, (before, offsets)) in streams {
-            self.versions
-                .insert(stream_id, before + offsets.len() as u64);
-        }
+        self.versions.extend(before);
         if batch.index_ids {
             for position in &positions {
                 self.event_ids.insert(position.id.clone(), position.clone());
             }
         }
-        self.chunks.extend(tail_chunks);
         Ok(AppendOutcome::Appended {
             positions,
             response: projection.response,

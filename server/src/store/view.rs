@@ -88,3 +88,105 @@ impl View {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::journal::Op;
+
+    fn op(key: &str, value: Option<&str>) -> Op {
+        Op {
+            key: key.as_bytes().to_vec(),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        }
+    }
+
+    fn keys(entries: &[(Vec<u8>, Bytes)]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect()
+    }
+
+    /// Pending writes win over sled, pending deletes hide sled's value, and both directions
+    /// merge in key order; once applied, a key is read from sled alone.
+    #[test]
+    fn pending_writes_merge_over_sled() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("t").expect("tree");
+        for (k, v) in [
+            ("r1", "old"),
+            ("r2", "sled"),
+            ("r4", "gone"),
+            ("r6", "sled"),
+        ] {
+            tree.insert(k, v).expect("insert");
+        }
+        let pending = Arc::new(Pending::default());
+        let frame = vec![
+            op("r1", Some("new")),
+            op("r3", Some("pending")),
+            op("r4", None),
+            op("r5", Some("pending")),
+        ];
+        pending.insert(7, &frame);
+        let view = View {
+            tree: tree.clone(),
+            pending: pending.clone(),
+        };
+        let all = |direction| {
+            view.range(
+                Bound::Included(b"r".as_slice()),
+                Bound::Excluded(b"s".as_slice()),
+                direction,
+                usize::MAX,
+            )
+            .expect("range")
+        };
+        assert_eq!(
+            keys(&all(Direction::Forward)),
+            ["r1=new", "r2=sled", "r3=pending", "r5=pending", "r6=sled"]
+        );
+        assert_eq!(
+            keys(&all(Direction::Backward)),
+            ["r6=sled", "r5=pending", "r3=pending", "r2=sled", "r1=new"]
+        );
+        let last_at_or_before_r4 = view
+            .range(
+                Bound::Unbounded,
+                Bound::Included(b"r4".as_slice()),
+                Direction::Backward,
+                1,
+            )
+            .expect("range");
+        assert_eq!(keys(&last_at_or_before_r4), ["r3=pending"]);
+        assert_eq!(view.get(b"r4").expect("get"), None);
+        assert_eq!(view.get(b"r1").expect("get").as_deref(), Some(&b"new"[..]));
+
+        // A later frame rewrote r1: applying frame 7 must not forget the newer value.
+        pending.insert(8, &[op("r1", Some("newer"))]);
+        for op in &frame {
+            match &op.value {
+                Some(v) => tree.insert(&op.key, v.as_ref()).map(|_| ()),
+                None => tree.remove(&op.key).map(|_| ()),
+            }
+            .expect("apply");
+        }
+        pending.applied(7, &frame);
+        assert_eq!(
+            view.get(b"r1").expect("get").as_deref(),
+            Some(&b"newer"[..])
+        );
+        assert_eq!(
+            view.get(b"r3").expect("get").as_deref(),
+            Some(&b"pending"[..])
+        );
+        assert_eq!(view.get(b"r4").expect("get"), None);
+    }
+}

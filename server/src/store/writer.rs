@@ -78,10 +78,11 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
         }
+        let sealed = group.seal();
         if !group.ops.is_empty() {
             let lsn = self.next_lsn;
-            if let Err(err) = self.journal.append(lsn, &group.ops) {
-                let err = StoreError::from(err);
+            let written = sealed.and_then(|()| Ok(self.journal.append(lsn, &group.ops)?));
+            if let Err(err) = written {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Poisoned(err.to_string())));
                 }

@@ -2,10 +2,11 @@
 //! subscriber latency, catch-up speed, fan-out and scale — against a server it starts itself
 //! (release `ordo-server`, temp data dir) or one given with `--addr`.
 //!
-//! Shapes follow ../shared/TARGETS.md (256-byte payloads, the same concurrencies), so numbers
-//! compare with the peers measured there.
+//! Shapes follow the peers' published measurements (256-byte payloads, closed-loop clients at
+//! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
 
 // The CLI's progress bar (hidden when stderr is not a terminal), shared rather than copied.
+mod ceiling;
 #[path = "../../cli/progress.rs"]
 mod progress;
 mod report;
@@ -54,10 +55,23 @@ struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Single-event Publish and CreateOrder calls from C closed-loop clients.
+    /// Single-event Publish and CreateOrder calls from C closed-loop clients, each next to the
+    /// ceiling (a bare tonic echo) at the same C, measured just before it.
     Append {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<usize>,
+    },
+    /// The bare gRPC ceiling alone: an in-process tonic server answering Publish without storage.
+    Ceiling {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+    },
+    /// 256-byte write + fdatasync on the data dir's filesystem: the floor of one durable append.
+    Disk {
+        /// Directory on the filesystem to measure (default: the bench's temp dir, where its
+        /// server keeps its data).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
     /// Publish with many events per call.
     AppendBatch {
@@ -116,12 +130,24 @@ async fn main() -> anyhow::Result<()> {
     };
     match &cli.scenario {
         Scenario::Append { clients } => {
-            let (_owned, channel) = target(g).await?;
-            for &c in clients {
-                for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
-                    emit(&scenarios::append(&channel, kind, c, duration).await?);
-                }
+            let floor = disk_floor(g, clients).await?;
+            if let Some(disk) = &floor {
+                emit(disk);
             }
+            let (_owned, channel) = target(g).await?;
+            for row in appends(&channel, clients, duration, floor.as_ref()).await? {
+                emit(&row);
+            }
+        }
+        Scenario::Ceiling { clients } => {
+            let ceiling = ceiling::Ceiling::start().await?;
+            for &c in clients {
+                emit(&ceiling.measure(c, duration).await?);
+            }
+        }
+        Scenario::Disk { dir } => {
+            let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+            emit(&tokio::task::spawn_blocking(move || ceiling::disk(&dir, duration)).await??);
         }
         Scenario::AppendBatch { clients, batch } => {
             let (_owned, channel) = target(g).await?;
@@ -172,11 +198,13 @@ async fn main() -> anyhow::Result<()> {
                 duration
             };
             {
+                let floor = disk_floor(g, &clients).await?;
+                if let Some(disk) = &floor {
+                    emit(disk);
+                }
                 let (_owned, channel) = target(g).await?;
-                for &c in &clients {
-                    for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
-                        emit(&scenarios::append(&channel, kind, c, run).await?);
-                    }
+                for row in appends(&channel, &clients, run, floor.as_ref()).await? {
+                    emit(&row);
                 }
                 emit(&scenarios::append_batch(&channel, 4, 100, batch_dur).await?);
                 for rate in [1000, 10_000] {
@@ -200,6 +228,46 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// For each client count: the ceiling, then Publish and CreateOrder with their ratio to it. At
+/// one client, Publish also gets the floor its p50 is held to: ceiling p50 + disk p50 + 0.1 ms.
+async fn appends(
+    channel: &Channel,
+    clients: &[usize],
+    duration: Duration,
+    disk: Option<&Row>,
+) -> anyhow::Result<Vec<Row>> {
+    let echo = ceiling::Ceiling::start().await?;
+    let mut rows = Vec::new();
+    for &c in clients {
+        let bare = echo.measure(c, duration).await?;
+        for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
+            let mut row =
+                ceiling::against(scenarios::append(channel, kind, c, duration).await?, &bare);
+            if c == 1
+                && matches!(kind, AppendKind::Publish { .. })
+                && let Some(disk) = disk
+            {
+                let floor = bare.p50_ms + disk.p50_ms + 0.1;
+                row = row.extra("p50_floor_ms", format!("{floor:.3}"));
+            }
+            rows.push(row);
+        }
+        rows.insert(rows.len() - 2, bare);
+    }
+    Ok(rows)
+}
+
+/// The disk's fdatasync floor, when a single-client run will be held to it.
+async fn disk_floor(g: &Global, clients: &[usize]) -> anyhow::Result<Option<Row>> {
+    if !clients.contains(&1) || g.addr.is_some() {
+        return Ok(None);
+    }
+    let probe = Duration::from_secs_f64(g.duration.min(2.0));
+    let row =
+        tokio::task::spawn_blocking(move || ceiling::disk(&std::env::temp_dir(), probe)).await??;
+    Ok(Some(row))
 }
 
 /// The bench's own server (kept alive by the returned guard) or the one at `--addr`.
