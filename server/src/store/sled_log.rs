@@ -130,13 +130,19 @@ impl SledLog {
             tail: tail.clone(),
             sealed: recovered.journal.sealed(),
             flush_every: options.sled_flush_interval,
+            backlog: Arc::default(),
         };
         let replayed = recovered.frames.len();
         if let Some(&(last, _)) = recovered.frames.last() {
             let jobs: Vec<ApplyJob> = recovered
                 .frames
                 .into_iter()
-                .map(|(lsn, ops)| ApplyJob { lsn, ops, head: 0 })
+                .map(|(lsn, ops)| ApplyJob {
+                    lsn,
+                    ops,
+                    bytes: 0,
+                    head: 0,
+                })
                 .collect();
             for batch in jobs.chunks(256) {
                 applier.apply(batch)?;
@@ -169,6 +175,7 @@ impl SledLog {
             head_tx,
             tail,
             applier: apply_tx,
+            backlog: applier.backlog.clone(),
         };
         let applier_thread = thread::Builder::new()
             .name("ordo-log-applier".into())

@@ -14,8 +14,8 @@ use tracing::error;
 
 use super::{
     AppendOutcome, StoreError,
-    applier::ApplyJob,
-    journal::Journal,
+    applier::{ApplyJob, Backlog},
+    journal::{Journal, Op},
     pending::Pending,
     staging::{Group, Stores},
     tail::Tail,
@@ -41,9 +41,10 @@ pub(super) struct Writer {
     pub head_tx: watch::Sender<u64>,
     /// Recent chunks for readers, updated before the head moves.
     pub tail: Arc<Tail>,
-    /// Hands committed frames to the applier; bounded, so a lagging sled slows appends down
-    /// instead of growing memory.
+    /// Hands committed frames to the applier; bounded (in frames, and in bytes by the
+    /// backlog), so a lagging sled slows appends down instead of growing memory.
     pub applier: SyncSender<ApplyJob>,
+    pub backlog: Arc<Backlog>,
 }
 
 impl Writer {
@@ -99,9 +100,12 @@ impl Writer {
             for (reply, result) in replies {
                 let _ = reply.send(result);
             }
+            let bytes = group.ops.iter().map(Op::size).sum();
+            self.backlog.acquire(bytes);
             let job = ApplyJob {
                 lsn,
                 ops: group.ops,
+                bytes,
                 head: self.head,
             };
             if self.applier.send(job).is_err() {

@@ -26,6 +26,13 @@ pub struct Op {
     pub value: Option<Bytes>,
 }
 
+impl Op {
+    /// Bytes this write holds in memory until sled has it.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// Encodes one frame into `out` (cleared first).
 pub fn encode(lsn: u64, ops: &[Op], out: &mut Vec<u8>) {
     out.clear();
