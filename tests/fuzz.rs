@@ -20,7 +20,7 @@ use ordo_api::v1::{
     ReadEventsRequest, RedriveDeadLettersRequest, RotateSecretRequest, StartPosition,
     SubscribeRequest, UpdateOrderStatusRequest, UpdateWebhookRequest, start_position::Position,
 };
-use ordo_server::auth::{Auth, Scope, hash_token};
+use ordo_server::auth::{Scope, hash_token};
 use proptest::{collection::vec, prelude::*};
 use tokio::runtime::Runtime;
 use tonic::{Code, Request, Status, codegen::http::uri::PathAndQuery, transport::Channel};
@@ -61,10 +61,9 @@ fn env() -> &'static Env {
             ),
         )
         .expect("tokens");
-        let auth = Auth::load(&path).expect("auth");
         let (server, channel) = rt.block_on(async {
             let server = TestServer::start_with(move |cfg| {
-                cfg.auth.tokens = Some(auth);
+                cfg.auth.tokens_file = Some(path);
                 cfg.limits.append_rate_per_token = 0;
                 // Keep huge inputs under the decoder limit sometimes and over it sometimes.
                 cfg.limits.max_message_bytes = 512 * 1024;

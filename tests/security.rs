@@ -90,12 +90,7 @@ async fn start_with_tokens(
     let path = dir.path().join("tokens.toml");
     write_tokens(&path, tokens);
     let auth = Auth::load(&path).expect("load tokens");
-    let handle = auth.clone();
-    let server = TestServer::start_with(move |cfg| {
-        cfg.auth.tokens = Some(handle);
-        configure(cfg);
-    })
-    .await;
+    let server = TestServer::start_with_auth(auth.clone(), configure).await;
     (server, auth, dir, path)
 }
 
@@ -1047,7 +1042,6 @@ async fn tls_and_tokens_together() {
     let dir = tempfile::tempdir().expect("dir");
     let tokens = dir.path().join("tokens.toml");
     write_tokens(&tokens, &[Tok::new("admin", ADMIN, &Scope::ALL)]);
-    let auth = Auth::load(&tokens).expect("tokens");
     let tls = TlsConfig {
         cert: write_pem(dir.path(), "server.pem", &pki.server_cert),
         key: write_pem(dir.path(), "server.key", &pki.server_key),
@@ -1055,7 +1049,7 @@ async fn tls_and_tokens_together() {
     };
     let server = TestServer::start_with(move |cfg| {
         cfg.tls = Some(tls);
-        cfg.auth.tokens = Some(auth);
+        cfg.auth.tokens_file = Some(tokens);
     })
     .await;
     let channel = Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
@@ -1372,7 +1366,7 @@ async fn throughput_cost_of_auth_and_tls() {
                     cfg.sync = sync;
                     cfg.limits.append_rate_per_token = 0;
                     if auth {
-                        cfg.auth.tokens = Some(Auth::load(&tokens).expect("tokens"));
+                        cfg.auth.tokens_file = Some(tokens);
                     }
                     if tls {
                         cfg.tls = Some(tls_files);

@@ -13,7 +13,7 @@ use std::{
 use ordo_api::v1::{
     event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
 };
-use ordo_server::ServerConfig;
+use ordo_server::{ServerConfig, auth::Auth};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -41,12 +41,35 @@ impl TestServer {
 
     /// Starts on an existing data dir (e.g. one returned by [`TestServer::stop`]).
     pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_full(dir, None, configure).await
+    }
+
+    /// Starts with tokens already loaded, so the test keeps the handle to reload them.
+    pub async fn start_with_auth(auth: Auth, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_full(dir, Some(auth), configure).await
+    }
+
+    async fn start_full(
+        dir: TempDir,
+        auth: Option<Auth>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig::new(dir.path());
         configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ordo_server::run(listener, config, shutdown.clone()));
+        // Without a handle, `run` loads `config.auth.tokens_file` itself, as in production.
+        let handle = match auth {
+            Some(auth) => tokio::spawn(ordo_server::run_with_auth(
+                listener,
+                config,
+                Some(auth),
+                shutdown.clone(),
+            )),
+            None => tokio::spawn(ordo_server::run(listener, config, shutdown.clone())),
+        };
         let server = Self {
             addr,
             dir,

@@ -1,4 +1,7 @@
 //! Event filters: exact or `prefix*` matches on type and stream id.
+//!
+//! A leaf module (it needs only the API types and validation), because three layers use it:
+//! subscriptions and reads, token restrictions in `auth`, and webhook filters.
 
 use ordo_api::v1::{Event, EventFilter};
 
@@ -37,9 +40,21 @@ impl Matcher {
         let Some(filter) = filter else {
             return Ok(Self::default());
         };
+        Self::from_lists(
+            ("filter.types", &filter.types),
+            ("filter.stream_ids", &filter.stream_ids),
+        )
+    }
+
+    /// A matcher from bare type and stream-id lists, each given with the field name errors
+    /// should use (webhook requests name them differently from `EventFilter`).
+    pub fn from_lists(
+        (types_field, types): (&str, &[String]),
+        (streams_field, streams): (&str, &[String]),
+    ) -> Result<Self, OrdoError> {
         Ok(Self {
-            types: patterns("filter.types", &filter.types)?,
-            streams: patterns("filter.stream_ids", &filter.stream_ids)?,
+            types: patterns(types_field, types)?,
+            streams: patterns(streams_field, streams)?,
             within: None,
         })
     }
