@@ -2,11 +2,9 @@
 //! subscriber latency, catch-up speed, fan-out and scale — against a server it starts itself
 //! (release `ordo-server`, temp data dir) or one given with `--addr`.
 //!
-//! Shapes follow ../shared/TARGETS.md (256-byte payloads, the same concurrencies), so numbers
-//! compare with the peers measured there.
+//! Shapes follow the shared comparison targets the peers were measured with (256-byte payloads,
+//! the same concurrencies), so numbers compare with theirs.
 
-// The CLI's progress bar (hidden when stderr is not a terminal), shared rather than copied.
-#[path = "../../cli/progress.rs"]
 mod progress;
 mod report;
 mod scenarios;
@@ -21,7 +19,7 @@ use scenarios::AppendKind;
 use server::OwnedServer;
 use tonic::transport::Channel;
 
-/// Benchmarks an Ordo server. Build first: `cargo build --release -p ordo-server -p ordo-client`.
+/// Benchmarks an Ordo server. Build first: `cargo build --release -p ordo-server -p ordo-bench`.
 #[derive(Debug, Parser)]
 #[command(
     version,
