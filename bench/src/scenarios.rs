@@ -24,7 +24,7 @@ use crate::{
     stats::{Latencies, micros},
 };
 
-/// Payload size of every benchmark event, as in ../shared/TARGETS.md.
+/// Payload size of every benchmark event: the size the peers were measured with.
 pub const PAYLOAD: usize = 256;
 
 pub async fn connect(addr: &str) -> anyhow::Result<Channel> {

@@ -15,9 +15,9 @@
 //! that one event (with the same `webhook-id`, for receivers to deduplicate).
 
 //!
-//! The task is split by job: [`ordered`] and [`parallel`] are the two engines, [`outcome`]
-//! records what an attempt meant, [`send`] does the HTTP and [`retry`] is the retry policy as
-//! pure functions.
+//! The task is split by job: `ordered` and `parallel` are the two engines, `outcome` records
+//! what an attempt meant, [`send`] does the HTTP and [`retry`] is the retry policy as pure
+//! functions.
 
 mod ordered;
 mod outcome;
