@@ -2,15 +2,13 @@
 //! checks that each scenario runs against a real server and reports sane figures, not how fast
 //! they are (numbers come from release runs recorded in BENCHMARKS.md).
 
-mod common;
-
 use std::process::Command;
 
 #[test]
 fn every_bench_scenario_runs_at_tiny_sizes() {
     let output = Command::new(env!("CARGO_BIN_EXE_ordo-bench"))
         .args(["--json", "--duration", "0.5", "all", "--quick"])
-        .env("ORDO_SERVER_BIN", common::server_binary())
+        .env("ORDO_SERVER_BIN", ordo_test_harness::server_binary())
         .output()
         .expect("run ordo-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -1,11 +1,9 @@
 //! End-to-end tests of the `ordo` binary against a real server: text and JSON output, exit
 //! codes, cursor files, Ctrl-C and bulk publishing.
 
-mod common;
-
 use std::{path::Path, process::Stdio, time::Duration};
 
-use common::{ChildServer, TestServer};
+use ordo_test_harness::{ChildServer, TestServer};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -239,7 +237,7 @@ async fn bad_input_exits_non_zero_with_one_clear_line() {
 
 #[tokio::test]
 async fn unreachable_server_exits_69_naming_the_address() {
-    let port = common::free_port();
+    let port = ordo_test_harness::free_port();
     let addr = format!("http://127.0.0.1:{port}");
     for args in [
         &["orders", "list"][..],

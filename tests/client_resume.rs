@@ -1,11 +1,8 @@
 //! The Rust client library against a real server: typed errors, cursor files, and the
 //! self-resuming subscription across `kill -9` restarts of the real `ordo-server` binary.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
 
-use common::{ChildServer, TestServer};
 use ordo_client::{
     BackoffPolicy, ClientError, Health, OrdoClient, Start, SubscribeOptions, SubscriptionItem,
     TlsOptions,
@@ -14,6 +11,7 @@ use ordo_client::{
         ReadEventsRequest, StartPosition, UpdateOrderStatusRequest, start_position::Position,
     },
 };
+use ordo_test_harness::{ChildServer, TestServer};
 use tokio_stream::StreamExt;
 
 fn new_event(stream: &str, kind: &str, id: String) -> NewEvent {
@@ -129,7 +127,7 @@ async fn typed_errors_keep_the_server_message() {
 
 #[tokio::test]
 async fn connect_and_config_errors_are_clear() {
-    let port = common::free_port();
+    let port = ordo_test_harness::free_port();
     let err = OrdoClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .expect_err("nothing listens there");
@@ -425,28 +423,6 @@ async fn a_server_that_never_answers_is_detected_and_retried() {
     );
 }
 
-/// A CA (PEM) and a server certificate + key for localhost/127.0.0.1 signed by it.
-fn test_pki() -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ordo client test ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
-    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
-}
-
 /// The token the secured-server test uses, and its SHA-256 (`printf %s TOKEN | sha256sum`).
 const TOKEN: &str = "ordo-client-test-token";
 const TOKEN_SHA256: &str = "10ca460a1ee2f4a3ca4b634a00893dbcd251b3937f320d74aebf044b360688b5";
@@ -456,7 +432,8 @@ const READER_SHA256: &str = "cba94081975241b3f94c41db2cd6fa86e8d9f2323e274b4c7a7
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_bearer_token_reach_a_secured_server_from_library_and_cli() {
-    let (ca, cert, key) = test_pki();
+    let pki = ordo_test_harness::pki::pki();
+    let (ca, cert, key) = (pki.ca_pem, pki.server_cert, pki.server_key);
     let secrets = tempfile::tempdir().expect("temp dir");
     let write = |name: &str, text: &str| {
         let path = secrets.path().join(name);

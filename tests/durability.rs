@@ -2,20 +2,17 @@
 //! binary, offsets stay gapless across the crash, and concurrent writers cannot break optimistic
 //! concurrency or event-id deduplication.
 
-mod common;
-mod core_support;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
-use common::{ChildServer, TestServer};
-use core_support::*;
 use ordo_api::v1::{
     EventPosition, GetOrderRequest, NewEvent, OrderStatus,
     event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
 };
+use ordo_test_harness::api::*;
+use ordo_test_harness::{ChildServer, TestServer};
 use tonic::{Code, transport::Channel};
 
 async fn connect(url: &str) -> Channel {

@@ -2,20 +2,17 @@
 //! concurrency, every bad input), ReadEvents paging and filters, and Subscribe (history, the
 //! caught-up seam under concurrent appends, resume, filters, heartbeats, shutdown, restart).
 
-mod common;
-mod core_support;
-
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
-use common::TestServer;
-use core_support::*;
 use ordo_api::v1::{
     Event, EventFilter, NewEvent, PublishRequest, ReadEventsRequest, ReadEventsResponse,
     SubscribeRequest, event::Payload, subscribe_response::Message,
 };
+use ordo_test_harness::TestServer;
+use ordo_test_harness::api::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::Code;
 

@@ -5,14 +5,11 @@
 //! a rejection carries a client-error code, and a rejected call leaves the log head unchanged.
 //! Bounded to 64 cases per RPC so CI stays fast; `PROPTEST_CASES` raises it locally.
 
-mod common;
-
 use std::{
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use common::TestServer;
 use ordo_api::v1::{
     CancelOrderRequest, CreateOrderRequest, CreateWebhookRequest, DeleteWebhookRequest,
     EventFilter, GetOrderRequest, GetWebhookRequest, LineItem, ListDeadLettersRequest,
@@ -21,6 +18,7 @@ use ordo_api::v1::{
     SubscribeRequest, UpdateOrderStatusRequest, UpdateWebhookRequest, start_position::Position,
 };
 use ordo_server::auth::{Scope, hash_token};
+use ordo_test_harness::TestServer;
 use proptest::{collection::vec, prelude::*};
 use tokio::runtime::Runtime;
 use tonic::{Code, Request, Status, codegen::http::uri::PathAndQuery, transport::Channel};

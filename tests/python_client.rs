@@ -3,15 +3,13 @@
 //! and publishes, and the consumer subscribes from an offset and resumes after a client-side
 //! disconnect and after a `kill -9` restart of the server.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
-use common::ChildServer;
+use ordo_test_harness::ChildServer;
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},

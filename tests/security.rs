@@ -2,15 +2,12 @@
 //! revocation on reload (in-process and by SIGHUP), TLS and mTLS, the loopback rule for dev
 //! mode, and the per-token abuse limits.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{ChildServer, TestServer, free_port};
 use ordo_api::v1::{
     CancelOrderRequest, CreateOrderRequest, CreateWebhookRequest, DeleteWebhookRequest,
     EventFilter, GetOrderRequest, GetWebhookRequest, LineItem, ListDeadLettersRequest,
@@ -26,6 +23,11 @@ use ordo_server::{
     auth::{Auth, Scope, hash_token},
     config::TlsConfig,
 };
+use ordo_test_harness::{
+    ChildServer, TestServer, free_port,
+    pki::{Pki, pki, write_pem},
+    tokens::{Tok, with_token, write_tokens},
+};
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
 use tonic::{
@@ -36,50 +38,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
-
-/// One `[[token]]` entry of a test tokens file.
-struct Tok<'a> {
-    name: &'a str,
-    secret: &'a str,
-    scopes: Vec<Scope>,
-    event_types: &'a [&'a str],
-    streams: &'a [&'a str],
-}
-
-impl<'a> Tok<'a> {
-    fn new(name: &'a str, secret: &'a str, scopes: &[Scope]) -> Self {
-        Self {
-            name,
-            secret,
-            scopes: scopes.to_vec(),
-            event_types: &[],
-            streams: &[],
-        }
-    }
-}
-
-fn write_tokens(path: &Path, tokens: &[Tok<'_>]) {
-    let list = |items: &[&str]| {
-        items
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut text = String::new();
-    for t in tokens {
-        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-        text.push_str(&format!(
-            "[[token]]\nname = {:?}\nsha256 = {:?}\nscopes = [{}]\nevent_types = [{}]\nstreams = [{}]\n\n",
-            t.name,
-            hash_token(t.secret),
-            list(&scopes),
-            list(t.event_types),
-            list(t.streams),
-        ));
-    }
-    std::fs::write(path, text).expect("write tokens file");
-}
 
 /// A server with auth on; returns it, the reload handle and the tokens file path.
 async fn start_with_tokens(
@@ -92,17 +50,6 @@ async fn start_with_tokens(
     let auth = Auth::load(&path).expect("load tokens");
     let server = TestServer::start_with_auth(auth.clone(), configure).await;
     (server, auth, dir, path)
-}
-
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("metadata"),
-        );
-    }
-    request
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -762,7 +709,7 @@ async fn tokens_never_appear_in_the_log() {
         &[Tok::new("reader", SECRET, &[Scope::EventsSubscribe])],
     );
     let port = free_port();
-    let mut child = Command::new(common::server_binary())
+    let mut child = Command::new(ordo_test_harness::server_binary())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data.path())
         .arg("--auth-tokens")
@@ -835,7 +782,7 @@ async fn tokens_never_appear_in_the_log() {
 fn non_loopback_without_auth_refuses_to_start() {
     let data = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let output = Command::new(common::server_binary())
+    let output = Command::new(ordo_test_harness::server_binary())
         .args(["--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
         .arg(data.path())
         .env("RUST_LOG", "warn")
@@ -861,7 +808,7 @@ async fn non_loopback_starts_with_insecure_or_with_tokens() {
         vec!["--auth-tokens".to_string(), path.display().to_string()],
     ] {
         let port = free_port();
-        let mut child = Command::new(common::server_binary())
+        let mut child = Command::new(ordo_test_harness::server_binary())
             .args(["--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
             .arg(data.path())
             .args(&args)
@@ -889,59 +836,6 @@ async fn non_loopback_starts_with_insecure_or_with_tokens() {
 
 // ---------------------------------------------------------------------------------------------
 // TLS and mTLS
-
-struct Pki {
-    ca_pem: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all signed by it.
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ordo test ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
-
-    let client_key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "ordo test client");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = params.signed_by(&client_key, &issuer).expect("client cert");
-
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server_cert: server_cert.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client_cert.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
-
-fn write_pem(dir: &Path, name: &str, pem: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, pem).expect("write pem");
-    path
-}
 
 async fn start_tls(pki: &Pki, dir: &Path, mutual: bool) -> TestServer {
     let tls = TlsConfig {

@@ -1,7 +1,5 @@
-//! Test harness shared by every integration test: a real server on an ephemeral port over a
-//! real sled directory, either in-process (fast, for behaviour) or as a child process (for
-//! crash and restart tests). Each test binary uses only part of it.
-#![allow(dead_code)]
+//! A real server on an ephemeral port over a real sled directory, either in-process (fast, for
+//! behaviour) or as the real binary in a child process (for crash and restart tests).
 
 use std::{
     net::SocketAddr,
@@ -129,10 +127,11 @@ impl Drop for TestServer {
     }
 }
 
-/// The `ordo-server` binary: next to the test executable's directory when cargo built it for
-/// this run, otherwise built on demand.
+/// The `ordo-server` binary: `ORDO_SERVER_BIN` when set, else the one cargo built next to the
+/// test executable's directory (it builds every binary of the workspace, or of the server
+/// package, before running tests), else built on demand.
 pub fn server_binary() -> PathBuf {
-    if let Some(path) = option_env!("CARGO_BIN_EXE_ordo-server") {
+    if let Some(path) = std::env::var_os("ORDO_SERVER_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");

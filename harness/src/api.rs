@@ -1,7 +1,4 @@
-//! Helpers for the core black-box suites (orders, events, durability): request builders, log
-//! reads over gRPC, status assertions and time-bounded stream reads. Each test binary uses
-//! only part of it.
-#![allow(dead_code)]
+//! Request builders, log reads over gRPC, status assertions and time-bounded stream reads.
 
 use std::time::Duration;
 
