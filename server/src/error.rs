@@ -167,7 +167,7 @@ impl From<OrdoError> for Status {
 
 /// Longest status message sent, in bytes. Messages quote the offending value, and a hostile
 /// 1 MB id must not become a 1 MB `grpc-message` header, which HTTP/2 peers reject as a
-/// protocol error (found by tests/fuzz.rs).
+/// protocol error (found by the fuzz suite, server/tests/fuzz.rs).
 pub const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// `text` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, marked when cut.
