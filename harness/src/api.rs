@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    CreateOrderRequest, Event, EventFilter, LineItem, Money, NewEvent, PublishRequest,
-    ReadEventsRequest, StartPosition, SubscribeRequest, SubscribeResponse,
+    CreateOrderRequest, Event, EventFilter, EventPosition, LineItem, Money, NewEvent,
+    PublishRequest, ReadEventsRequest, StartPosition, SubscribeRequest, SubscribeResponse,
     event_service_client::EventServiceClient, start_position::Position,
     subscribe_response::Message,
 };
@@ -230,4 +230,9 @@ pub async fn assert_quiet(stream: &mut Streaming<SubscribeResponse>, quiet: Dura
 /// Offsets of `events`.
 pub fn offsets(events: &[Event]) -> Vec<u64> {
     events.iter().map(|e| e.offset).collect()
+}
+
+/// The offsets of a Publish response's positions.
+pub fn position_offsets(positions: &[EventPosition]) -> Vec<u64> {
+    positions.iter().map(|p| p.offset).collect()
 }

@@ -423,7 +423,7 @@ async fn restart_loop_keeps_offsets_gapless() {
             .expect("publish")
             .into_inner();
         assert_eq!(
-            offsets_of(&response.positions),
+            position_offsets(&response.positions),
             (expected + 1..=expected + 5).collect::<Vec<_>>()
         );
         expected += 5;
@@ -442,10 +442,6 @@ async fn restart_loop_keeps_offsets_gapless() {
     let versions: Vec<u64> = log.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, (1..=expected).collect::<Vec<_>>());
     server.stop().await;
-}
-
-fn offsets_of(positions: &[EventPosition]) -> Vec<u64> {
-    positions.iter().map(|p| p.offset).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

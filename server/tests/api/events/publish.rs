@@ -390,12 +390,8 @@ async fn publish_rejects_bad_input_and_appends_nothing() {
 
     // The limits themselves are allowed.
     let response = publish(&mut events, vec![with(&|e| e.data = vec![7; 1024]); 5]).await;
-    assert_eq!(offsets_of(&response), vec![2, 3, 4, 5, 6]);
+    assert_eq!(position_offsets(&response.positions), vec![2, 3, 4, 5, 6]);
     server.stop().await;
-}
-
-fn offsets_of(response: &ordo_api::v1::PublishResponse) -> Vec<u64> {
-    response.positions.iter().map(|p| p.offset).collect()
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ async fn appends_are_rate_limited_per_token_with_retry_info() {
         .await
         .expect("1st");
     orders
-        .create_order(with_token(order_request("c"), Some(A)))
+        .create_order(with_token(create_req("c"), Some(A)))
         .await
         .expect("2nd (order commands share the bucket)");
     let before = head(&channel, Some(A)).await;

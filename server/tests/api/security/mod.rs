@@ -9,13 +9,12 @@ use std::{
 };
 
 use ordo_api::v1::{
-    CancelOrderRequest, CreateOrderRequest, CreateWebhookRequest, DeleteWebhookRequest,
-    EventFilter, GetOrderRequest, GetWebhookRequest, LineItem, ListDeadLettersRequest,
-    ListDeliveriesRequest, ListOrdersRequest, ListWebhooksRequest, Money, NewEvent, PublishRequest,
-    ReadEventsRequest, RedriveDeadLettersRequest, RotateSecretRequest, StartPosition,
-    SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest, UpdateWebhookRequest,
-    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
-    start_position::Position, subscribe_response::Message,
+    CancelOrderRequest, CreateWebhookRequest, DeleteWebhookRequest, EventFilter, GetOrderRequest,
+    GetWebhookRequest, ListDeadLettersRequest, ListDeliveriesRequest, ListOrdersRequest,
+    ListWebhooksRequest, PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest,
+    RotateSecretRequest, SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
+    UpdateWebhookRequest, event_service_client::EventServiceClient,
+    order_service_client::OrderServiceClient, subscribe_response::Message,
     webhook_service_client::WebhookServiceClient,
 };
 use ordo_server::{
@@ -24,7 +23,9 @@ use ordo_server::{
     config::TlsConfig,
 };
 use ordo_test_harness::{
-    ChildServer, TestServer, free_port,
+    ChildServer, TestServer,
+    api::{create_req, end, new_event, publish_req},
+    free_port,
     pki::{Pki, pki, write_pem},
     tokens::{Tok, with_token, write_tokens},
 };
@@ -116,7 +117,7 @@ impl Rpc {
         let missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
         match self {
             Rpc::CreateOrder => orders
-                .create_order(with_token(order_request("c-1"), t))
+                .create_order(with_token(create_req("c-1"), t))
                 .await
                 .map(drop),
             Rpc::GetOrder => orders
@@ -242,43 +243,15 @@ impl Rpc {
     }
 }
 
-fn order_request(customer: &str) -> CreateOrderRequest {
-    CreateOrderRequest {
-        customer_id: customer.into(),
-        items: vec![LineItem {
-            sku: "sku-1".into(),
-            quantity: 1,
-            unit_price: Some(Money {
-                amount_minor: 100,
-                currency: "EUR".into(),
-            }),
-        }],
-        idempotency_key: String::new(),
-    }
-}
-
 fn publish_request(stream: &str, ty: &str) -> PublishRequest {
-    PublishRequest {
-        events: vec![new_event(stream, ty)],
-    }
-}
-
-fn new_event(stream: &str, ty: &str) -> NewEvent {
-    NewEvent {
-        stream_id: stream.into(),
-        r#type: ty.into(),
-        data: b"{}".to_vec(),
-        ..Default::default()
-    }
+    publish_req(vec![new_event(stream, ty)])
 }
 
 async fn head(channel: &Channel, token: Option<&str>) -> u64 {
     EventServiceClient::new(channel.clone())
         .read_events(with_token(
             ReadEventsRequest {
-                start: Some(StartPosition {
-                    position: Some(Position::End(true)),
-                }),
+                start: end(),
                 ..Default::default()
             },
             token,

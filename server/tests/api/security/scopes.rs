@@ -122,7 +122,7 @@ async fn a_restricted_token_sees_and_writes_only_its_prefixes() {
     let mut events = EventServiceClient::new(channel.clone());
     let mut orders = OrderServiceClient::new(channel.clone());
     orders
-        .create_order(with_token(order_request("c-1"), Some(ADMIN)))
+        .create_order(with_token(create_req("c-1"), Some(ADMIN)))
         .await
         .expect("order");
     for (stream, ty) in [
