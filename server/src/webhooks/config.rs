@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::IpNet;
+use super::ssrf::IpNet;
 
 /// Webhook delivery settings. The defaults follow Svix: a schedule spanning about a day and a
 /// half, and endpoints disabled after five days of nothing but failures.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    WebhookConfig,
+    config::WebhookConfig,
     records::{self, Cursor, StoredWebhook, decode},
 };
 use crate::store::{AppendBatch, RecordWrite, SharedLog, StoreError};

@@ -27,8 +27,8 @@ impl DeliveryTask {
     pub(super) async fn run_parallel(&mut self) -> Result<Flow, DeliveryError> {
         let mut jobs: JoinSet<Job> = JoinSet::new();
         let result = self.parallel_loop(&mut jobs).await;
-        // Wait for aborted attempts to be dropped: they hold the engine (and so the log), which
-        // must be released before the server's shutdown closes the log.
+        // Wait for aborted attempts to be dropped, so no request of this webhook is still in
+        // flight once its task has returned (shutdown joins the tasks, then closes the log).
         jobs.shutdown().await;
         result
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{clock::rfc3339, webhooks::WebhookConfig};
+use crate::{clock::rfc3339, webhooks::config::WebhookConfig};
 
 /// What an HTTP answer says about trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

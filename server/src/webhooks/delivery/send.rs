@@ -15,7 +15,8 @@ use super::retry::{self, Class};
 use crate::{
     clock::now_ms,
     webhooks::{
-        WebhookConfig, payload,
+        config::WebhookConfig,
+        payload,
         records::StoredWebhook,
         signing,
         ssrf::{AddressPolicy, GuardedResolver},
