@@ -1,9 +1,11 @@
 //! Server settings, with defaults that work with no flags at all.
+//!
+//! Plain data only: no handles, no open files. What the server builds from it (the loaded
+//! token set, the log) lives in `server::run`.
 
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    auth::Auth,
     store::{LogOptions, SyncMode},
     webhooks::WebhookConfig,
 };
@@ -50,9 +52,10 @@ impl ServerConfig {
 /// Who may call. See docs/security.md.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// The loaded tokens file (and its reload handle). `None` turns auth off: allowed only on a
-    /// loopback address unless `insecure` is set.
-    pub tokens: Option<Auth>,
+    /// The tokens file (TOML, see docs/security.md), read when the server starts. `None` turns
+    /// auth off: allowed only on a loopback address unless `insecure` is set. Callers that
+    /// reload it keep their own handle and use `server::run_with_auth`.
+    pub tokens_file: Option<PathBuf>,
     /// Serve without auth on a non-loopback address. Never the default: an open event log on a
     /// network is a data leak.
     pub insecure: bool,
@@ -65,7 +68,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            tokens: None,
+            tokens_file: None,
             insecure: false,
             open_health: true,
             open_reflection: true,

@@ -1,10 +1,37 @@
 //! Ordo's domain errors and the one place where they become gRPC statuses.
+//!
+//! Every refusal a caller can see is an [`OrdoError`]; `From<OrdoError> for Status` is the only
+//! code that builds a [`Status`]. So every status message is clipped the same way, every
+//! security or abuse refusal is counted and logged the same way, and the mapping from domain
+//! to wire codes can be read in one match.
+
+use std::time::Duration;
 
 use thiserror::Error;
-use tonic::{Code, Status};
+use tonic::{Code, Status, metadata::MetadataValue};
 use tracing::error;
 
-use crate::store::StoreError;
+use crate::{auth::limits::Rejection, store::StoreError};
+
+/// Who a refusal concerns, for the sampled rejection log: a token's *name* (never the token),
+/// the gRPC path and a few words of reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The token's name; "anonymous" before a token is known, "-" when the layer cannot tell.
+    pub token: String,
+    pub path: String,
+    pub reason: &'static str,
+}
+
+impl Refused {
+    pub fn new(token: impl Into<String>, path: impl Into<String>, reason: &'static str) -> Self {
+        Self {
+            token: token.into(),
+            path: path.into(),
+            reason,
+        }
+    }
+}
 
 /// Everything a request can fail with. Messages are lower-case and say what to fix.
 #[derive(Debug, Error)]
@@ -25,22 +52,72 @@ pub enum OrdoError {
     /// A position outside the log.
     #[error("{0}")]
     OutOfRange(String),
+    /// Try again later: the server is shutting down or the log closed.
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No usable bearer token (missing, malformed or unknown).
+    #[error("{message}")]
+    Unauthenticated { message: String, refused: Refused },
+    /// A valid token without the scope, or the event-type/stream prefixes, the call needs.
+    #[error("{message}")]
+    PermissionDenied { message: String, refused: Refused },
+    /// The token is over its append rate; the status tells when to retry (`retry-after-ms`).
+    #[error(
+        "token {:?} is over its append rate of {rate}/s (append_rate_per_token); retry in {retry_after_ms} ms",
+        .refused.token
+    )]
+    RateLimited {
+        rate: u32,
+        retry_after_ms: u64,
+        refused: Refused,
+    },
+    /// The token already holds its share of Subscribe streams.
+    #[error(
+        "token {:?} already has {max} open subscriptions (max_subscriptions_per_token); close one or retry later",
+        .refused.token
+    )]
+    TokenStreamCap { max: usize, refused: Refused },
+    /// The server already serves as many Subscribe streams as it allows.
+    #[error("the server already serves {max} subscriptions (max_subscribers); retry later")]
+    SubscriberCap { max: usize, refused: Refused },
+    /// An open stream's token was revoked or its grant changed.
+    #[error(
+        "the token {:?} of this subscription was revoked or changed; reconnect with a valid token",
+        .refused.token
+    )]
+    Revoked { refused: Refused },
+    /// The call took longer than the server's request timeout to answer.
+    #[error(
+        "the call took longer than the server's request timeout of {} ms",
+        .limit.as_millis()
+    )]
+    Timeout { limit: Duration, refused: Refused },
 }
 
 impl OrdoError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())
     }
-}
 
-impl From<OrdoError> for Status {
-    fn from(err: OrdoError) -> Self {
-        let message = err.to_string();
-        let code = match err {
+    /// The rejection counter this error counts against, and for whom: security and abuse
+    /// refusals only.
+    fn rejection(&self) -> Option<(Rejection, &Refused)> {
+        Some(match self {
+            OrdoError::Unauthenticated { refused, .. } => (Rejection::Unauthenticated, refused),
+            OrdoError::PermissionDenied { refused, .. } => (Rejection::PermissionDenied, refused),
+            OrdoError::RateLimited { refused, .. } => (Rejection::RateLimited, refused),
+            OrdoError::TokenStreamCap { refused, .. } => (Rejection::TokenStreams, refused),
+            OrdoError::SubscriberCap { refused, .. } => (Rejection::Subscribers, refused),
+            OrdoError::Revoked { refused } => (Rejection::Revoked, refused),
+            OrdoError::Timeout { refused, .. } => (Rejection::Timeout, refused),
+            _ => return None,
+        })
+    }
+
+    fn code(&self) -> Code {
+        match self {
             OrdoError::InvalidArgument(_) => Code::InvalidArgument,
             OrdoError::NotFound(_) => Code::NotFound,
             OrdoError::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -57,19 +134,41 @@ impl From<OrdoError> for Status {
                 StoreError::Sled(_)
                 | StoreError::Io(_)
                 | StoreError::Journal(_)
-                | StoreError::Corrupt { .. } => {
-                    error!(error = %message, "storage failure");
-                    Code::Internal
-                }
+                | StoreError::Corrupt { .. } => Code::Internal,
             },
-        };
-        Status::new(code, clip(&message).into_owned())
+            OrdoError::Unauthenticated { .. } | OrdoError::Revoked { .. } => Code::Unauthenticated,
+            OrdoError::PermissionDenied { .. } => Code::PermissionDenied,
+            OrdoError::RateLimited { .. }
+            | OrdoError::TokenStreamCap { .. }
+            | OrdoError::SubscriberCap { .. } => Code::ResourceExhausted,
+            OrdoError::Timeout { .. } => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl From<OrdoError> for Status {
+    fn from(err: OrdoError) -> Self {
+        let message = err.to_string();
+        let code = err.code();
+        if code == Code::Internal {
+            error!(error = %message, "storage failure");
+        }
+        if let Some((rejection, refused)) = err.rejection() {
+            rejection.record(&refused.token, &refused.path, refused.reason);
+        }
+        let mut status = Status::new(code, clip(&message).into_owned());
+        if let OrdoError::RateLimited { retry_after_ms, .. } = err
+            && let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string())
+        {
+            status.metadata_mut().insert("retry-after-ms", value);
+        }
+        status
     }
 }
 
 /// Longest status message sent, in bytes. Messages quote the offending value, and a hostile
 /// 1 MB id must not become a 1 MB `grpc-message` header, which HTTP/2 peers reject as a
-/// protocol error (found by tests/fuzz.rs).
+/// protocol error (found by the fuzz suite, server/tests/fuzz.rs).
 pub const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// `text` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, marked when cut.
@@ -95,5 +194,70 @@ mod tests {
         let clipped = clip(&long);
         assert!(clipped.len() < MAX_STATUS_MESSAGE + 40, "{}", clipped.len());
         assert!(clipped.ends_with("truncated)"));
+    }
+
+    #[test]
+    fn refusals_map_to_their_codes_and_are_counted() {
+        let refused = || Refused::new("ci", "/ordo.v1.EventService/Publish", "test");
+        let before = Rejection::RateLimited.count();
+        let status = Status::from(OrdoError::RateLimited {
+            rate: 5,
+            retry_after_ms: 200,
+            refused: refused(),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("retry in 200 ms"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after-ms")
+                .map(|v| v.to_str().ok()),
+            Some(Some("200"))
+        );
+        assert!(Rejection::RateLimited.count() > before);
+
+        let cases = [
+            (
+                OrdoError::Revoked { refused: refused() },
+                Code::Unauthenticated,
+            ),
+            (
+                OrdoError::SubscriberCap {
+                    max: 1,
+                    refused: refused(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                OrdoError::Timeout {
+                    limit: Duration::from_millis(5),
+                    refused: refused(),
+                },
+                Code::DeadlineExceeded,
+            ),
+            (
+                OrdoError::PermissionDenied {
+                    message: "no".into(),
+                    refused: refused(),
+                },
+                Code::PermissionDenied,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn refusal_messages_are_clipped_too() {
+        let status = Status::from(OrdoError::PermissionDenied {
+            message: "x".repeat(10 * MAX_STATUS_MESSAGE),
+            refused: Refused::new("ci", "-", "test"),
+        });
+        assert!(status.message().len() < MAX_STATUS_MESSAGE + 40);
     }
 }

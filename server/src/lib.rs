@@ -1,19 +1,47 @@
 //! Ordo's server: order commands and resumable event subscriptions over gRPC, on a durable,
-//! gapless sled log.
+//! gapless log.
 //!
 //! [`server::run`] is the whole server; `main.rs` only parses flags and signals around it, so
 //! tests run exactly what production runs.
+//!
+//! # The layout, following one event
+//!
+//! - **Where a call enters.** [`server`] assembles tonic's server. Every call first passes the
+//!   tower layer in [`auth::layer`] (bearer token, scope, append rate, request timeout), which
+//!   puts an [`auth::Principal`] in the request. The handlers in [`grpc`] are thin adapters from
+//!   the generated service traits to the domain modules; they never hold business rules.
+//! - **Where it is decided.** The domain modules validate and build what to append:
+//!   [`orders`] (commands checked against the order state machine, plus the order projection as
+//!   records written with the events), [`events`] (`Publish`, `ReadEvents`, subscriptions) and
+//!   [`webhooks`] (definitions and their delivery). Shared leaves: [`filter`] (type and stream
+//!   matching, also used by token restrictions and webhooks), [`validate`], [`paging`],
+//!   [`clock`].
+//! - **Where it is made durable.** Everything is appended through [`store`]'s `EventLog` trait
+//!   (`SharedLog`): one `AppendBatch` holds events and records and is acknowledged only once it
+//!   is on disk, in order, with gapless offsets. Nothing above `store` touches files.
+//! - **Where it leaves.** Subscriptions ([`events::subscription`]) read the log up to the durable
+//!   head and wait for it to move, yielding domain items that [`grpc::events`] turns into wire
+//!   frames; webhook delivery tasks ([`webhooks::delivery`]) read the same log from their own
+//!   durable cursors and POST each event.
+//! - **Where errors become statuses.** Every failure a caller can see is an
+//!   [`error::OrdoError`]; its `From<OrdoError> for tonic::Status` is the only place a status is
+//!   built, which clips messages and counts security refusals ([`auth::limits`]).
+//! - **Settings.** [`config::ServerConfig`] is plain data with working defaults; `main.rs`
+//!   fills it from flags, tests from code.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod filter;
 pub mod grpc;
 pub mod orders;
+pub mod paging;
 pub mod server;
 pub mod store;
 pub mod validate;
 pub mod webhooks;
 
 pub use config::{Limits, ServerConfig};
-pub use server::run;
+pub use server::{run, run_with_auth};

@@ -164,12 +164,17 @@ async fn main() -> anyhow::Result<()> {
     config.auth.insecure = args.insecure;
     config.auth.open_health = !args.auth_health;
     config.auth.open_reflection = !args.auth_reflection;
-    if let Some(path) = &args.auth_tokens {
-        let auth = ordo_server::auth::Auth::load(path).context("cannot load --auth-tokens")?;
-        #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(auth.clone()));
-        config.auth.tokens = Some(auth);
-    }
+    config.auth.tokens_file = args.auth_tokens.clone();
+    // Loaded here rather than by `run`, to keep the handle that SIGHUP reloads.
+    let auth = match &args.auth_tokens {
+        Some(path) => {
+            let auth = ordo_server::auth::Auth::load(path).context("cannot load --auth-tokens")?;
+            #[cfg(unix)]
+            tokio::spawn(reload_on_sighup(auth.clone()));
+            Some(auth)
+        }
+        None => None,
+    };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(ordo_server::config::TlsConfig {
             cert,
@@ -183,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    ordo_server::run(listener, config, shutdown)
+    ordo_server::run_with_auth(listener, config, auth, shutdown)
         .await
         .context("ordo-server failed")?;
     info!("ordo-server stopped");

@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    auth::{AuthLayer, layer::AuthSettings},
+    auth::{Auth, AuthLayer, TokensError, layer::AuthSettings},
     config::{ServerConfig, TlsConfig},
     grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi, wire::EventServiceServer},
     orders::OrderCommands,
@@ -42,16 +42,37 @@ pub enum ServeError {
     InsecureBind(std::net::SocketAddr),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("cannot load the tokens file: {0}")]
+    Tokens(#[from] TokensError),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
-/// then ends open subscriptions, waits for in-flight calls and closes the log.
+/// then ends open subscriptions, waits for in-flight calls and closes the log. Loads
+/// `config.auth.tokens_file` first: a missing or invalid file never starts an open server.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    check_exposure(listener.local_addr()?, &config)?;
+    let auth = config
+        .auth
+        .tokens_file
+        .as_deref()
+        .map(Auth::load)
+        .transpose()?;
+    run_with_auth(listener, config, auth, shutdown).await
+}
+
+/// [`run`] with the tokens already loaded, for callers that keep the handle to reload them
+/// (`main` on SIGHUP, tests). `config.auth.tokens_file` is not read: `auth` is what is
+/// enforced, and `None` is dev mode.
+pub async fn run_with_auth(
+    listener: TcpListener,
+    config: ServerConfig,
+    auth: Option<Auth>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    check_exposure(listener.local_addr()?, &config, auth.as_ref())?;
     let log: SharedLog = SledLog::open_with(
         &config.data_dir,
         LogOptions {
@@ -60,7 +81,7 @@ pub async fn run(
             sled_flush_interval: config.sled_flush_interval,
         },
     )?;
-    let result = serve(listener, config, log.clone(), shutdown).await;
+    let result = serve(listener, config, auth, log.clone(), shutdown).await;
     let closing = log.clone();
     match tokio::task::spawn_blocking(move || closing.close()).await {
         Ok(Ok(())) => info!("event log closed"),
@@ -73,6 +94,7 @@ pub async fn run(
 async fn serve(
     listener: TcpListener,
     config: ServerConfig,
+    auth: Option<Auth>,
     log: SharedLog,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -124,7 +146,7 @@ async fn serve(
         builder = builder.tls_config(server_tls(tls)?)?;
     }
     let serving = builder
-        .layer(auth_layer(&config))
+        .layer(auth_layer(&config, auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -167,8 +189,12 @@ async fn serve(
 
 /// Refuses an unauthenticated server on a non-loopback address (unless `insecure`), and says
 /// loudly at start when auth is off, so nobody runs an open event log by accident.
-fn check_exposure(addr: std::net::SocketAddr, config: &ServerConfig) -> Result<(), ServeError> {
-    if let Some(auth) = &config.auth.tokens {
+fn check_exposure(
+    addr: std::net::SocketAddr,
+    config: &ServerConfig,
+    auth: Option<&Auth>,
+) -> Result<(), ServeError> {
+    if let Some(auth) = auth {
         info!(path = %auth.path().display(), "auth: bearer tokens required");
         return Ok(());
     }
@@ -183,10 +209,10 @@ fn check_exposure(addr: std::net::SocketAddr, config: &ServerConfig) -> Result<(
     Err(ServeError::InsecureBind(addr))
 }
 
-fn auth_layer(config: &ServerConfig) -> AuthLayer {
+fn auth_layer(config: &ServerConfig, auth: Option<Auth>) -> AuthLayer {
     let limits = &config.limits;
     AuthLayer::new(AuthSettings {
-        auth: config.auth.tokens.clone(),
+        auth,
         open_health: config.auth.open_health,
         open_reflection: config.auth.open_reflection,
         append_rate_per_token: limits.append_rate_per_token,
@@ -230,11 +256,7 @@ fn spawn_idempotency_sweeper(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let cutoff = std::time::SystemTime::now()
-                .checked_sub(retention)
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let cutoff = crate::clock::ms_ago(retention);
             let log = log.clone();
             match tokio::task::spawn_blocking(move || log.expire_idempotency(cutoff)).await {
                 Ok(Ok(0)) => {}

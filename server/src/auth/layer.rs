@@ -1,8 +1,9 @@
 //! The tower layer in front of every service: bearer token, scope, append rate, timeout.
 //!
-//! It answers refusals itself with a real gRPC status (HTTP 200, `grpc-status` header) rather
-//! than an HTTP 401, which gRPC clients would show as a confusing transport error. Refused
-//! calls never reach a handler, so they have no side effect.
+//! It answers refusals itself with a real gRPC status (HTTP 200, `grpc-status` header; built
+//! from an [`OrdoError`] like every other status) rather than an HTTP 401, which gRPC clients
+//! would show as a confusing transport error. Refused calls never reach a handler, so they have
+//! no side effect.
 
 use std::{
     collections::HashMap,
@@ -14,10 +15,11 @@ use std::{
 };
 
 use http::{Request, Response};
-use tonic::{Status, metadata::MetadataValue};
+use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{Auth, Principal, Rejection, Scope, limits::TokenQuota};
+use crate::error::{OrdoError, Refused};
 
 /// What a path needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,8 +130,8 @@ impl Shared {
             .clone()
     }
 
-    /// Decides a call: the principal to run it as, or the status to refuse it with.
-    fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Principal>, Status> {
+    /// Decides a call: the principal to run it as, or the error to refuse it with.
+    fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Principal>, OrdoError> {
         let settings = &self.settings;
         let rule = rule_for(path, settings.open_health, settings.open_reflection);
         if rule == Rule::Open {
@@ -138,41 +140,33 @@ impl Shared {
         let Some(auth) = &settings.auth else {
             return Ok(Some(Principal::anonymous()));
         };
-        let token = match bearer(headers) {
-            Ok(token) => token,
-            Err(reason) => {
-                Rejection::Unauthenticated.record("anonymous", path, reason);
-                return Err(Status::unauthenticated(format!(
-                    "{reason}: send metadata `authorization: Bearer <token>`"
-                )));
-            }
-        };
+        let token = bearer(headers).map_err(|reason| OrdoError::Unauthenticated {
+            message: format!("{reason}: send metadata `authorization: Bearer <token>`"),
+            refused: Refused::new("anonymous", path, reason),
+        })?;
         let Some(grant) = auth.current().authenticate(token) else {
-            Rejection::Unauthenticated.record("anonymous", path, "unknown token");
-            return Err(Status::unauthenticated(
-                "invalid bearer token: it is unknown or was revoked",
-            ));
+            return Err(OrdoError::Unauthenticated {
+                message: "invalid bearer token: it is unknown or was revoked".into(),
+                refused: Refused::new("anonymous", path, "unknown token"),
+            });
         };
         if let Rule::Scope { scope, append } = rule {
             if !grant.has(scope) {
-                Rejection::PermissionDenied.record(&grant.name, path, scope.as_str());
-                return Err(Status::permission_denied(format!(
-                    "token {:?} lacks the scope {scope} that {path} requires",
-                    grant.name
-                )));
+                return Err(OrdoError::PermissionDenied {
+                    message: format!(
+                        "token {:?} lacks the scope {scope} that {path} requires",
+                        grant.name
+                    ),
+                    refused: Refused::new(grant.name.as_str(), path, scope.as_str()),
+                });
             }
             let quota = self.quota(&grant.name);
             if append && let Err(wait) = quota.take_append() {
-                Rejection::RateLimited.record(&grant.name, path, "append rate");
-                let millis = wait.as_millis().max(1);
-                let mut status = Status::resource_exhausted(format!(
-                    "token {:?} is over its append rate of {}/s (append_rate_per_token); retry in {millis} ms",
-                    grant.name, settings.append_rate_per_token
-                ));
-                if let Ok(value) = MetadataValue::try_from(millis.to_string()) {
-                    status.metadata_mut().insert("retry-after-ms", value);
-                }
-                return Err(status);
+                return Err(OrdoError::RateLimited {
+                    rate: settings.append_rate_per_token,
+                    retry_after_ms: u64::try_from(wait.as_millis().max(1)).unwrap_or(u64::MAX),
+                    refused: Refused::new(grant.name.as_str(), path, "append rate"),
+                });
             }
             return Ok(Some(Principal::token(grant, quota, auth.subscribe())));
         }
@@ -222,7 +216,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path().to_string();
         match self.shared.admit(&path, request.headers()) {
-            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            Err(err) => return Box::pin(async move { Ok(Status::from(err).into_http()) }),
             Ok(Some(principal)) => {
                 request.extensions_mut().insert(principal);
             }
@@ -240,14 +234,11 @@ where
             };
             match tokio::time::timeout(limit, call).await {
                 Ok(response) => response.inspect(|r| count_oversized(r, &path)),
-                Err(_) => {
-                    Rejection::Timeout.record("-", &path, "request timeout");
-                    Ok(Status::deadline_exceeded(format!(
-                        "the call took longer than the server's request timeout of {} ms",
-                        limit.as_millis()
-                    ))
-                    .into_http())
-                }
+                Err(_) => Ok(Status::from(OrdoError::Timeout {
+                    limit,
+                    refused: Refused::new("-", path, "request timeout"),
+                })
+                .into_http()),
             }
         })
     }

@@ -15,7 +15,9 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
-/// Why a request was refused by a security or abuse limit.
+/// The rejection counters' keys. Refusals are [`crate::error::OrdoError`] values; turning one
+/// into a status counts it here (see `OrdoError::rejection`). Only `Oversized`, which tonic
+/// answers before any Ordo code runs, is counted by the auth layer directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     /// No token or an unknown token.

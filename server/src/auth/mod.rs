@@ -17,14 +17,16 @@ use std::{
 };
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
-use tonic::Status;
 use tracing::{info, warn};
 
 pub use layer::AuthLayer;
 pub use limits::Rejection;
 pub use tokens::{Grant, Scope, TokenSet, TokensError, hash_token};
 
-use crate::events::filter::Matcher;
+use crate::{
+    error::{OrdoError, Refused},
+    filter::Matcher,
+};
 
 /// The loaded tokens file and the way to reload it. Cheap to clone; every clone sees reloads.
 #[derive(Clone)]
@@ -137,18 +139,20 @@ impl Principal {
     }
 
     /// Takes one of the token's Subscribe slots and ties the stream to the token's validity.
-    pub fn open_stream(&self, path: &str) -> Result<StreamAccess, Status> {
+    pub fn open_stream(&self, path: &str) -> Result<StreamAccess, OrdoError> {
         let permit = match &self.quota {
             None => None,
-            Some(quota) => Some(quota.take_stream().map_err(|max| {
-                Rejection::TokenStreams.record(self.name(), path, "stream cap");
-                Status::resource_exhausted(format!(
-                    "token {:?} already has {max} open subscriptions (max_subscriptions_per_token); close one or retry later",
-                    self.name()
-                ))
-            })?),
+            Some(quota) => Some(
+                quota
+                    .take_stream()
+                    .map_err(|max| OrdoError::TokenStreamCap {
+                        max,
+                        refused: Refused::new(self.name(), path, "stream cap"),
+                    })?,
+            ),
         };
         Ok(StreamAccess {
+            path: path.to_string(),
             watch: match (&self.grant, &self.tokens) {
                 (Some(grant), Some(tokens)) => Some((grant.clone(), tokens.clone())),
                 _ => None,
@@ -168,17 +172,22 @@ impl fmt::Debug for Principal {
 
 /// The principal of a request, put there by the auth layer. Missing means the layer was not in
 /// front of the service: refuse rather than run unchecked.
-pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, OrdoError> {
     request
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated principal on this call"))
+        .ok_or_else(|| OrdoError::Unauthenticated {
+            message: "no authenticated principal on this call".into(),
+            refused: Refused::new("-", "-", "no principal"),
+        })
 }
 
 /// What an open stream keeps of its token: a stream slot, and a view of the token set that
 /// tells when the token was revoked or its grant changed.
 pub struct StreamAccess {
+    /// The stream's gRPC path, for the rejection log when it is revoked.
+    path: String,
     watch: Option<(Arc<Grant>, watch::Receiver<Arc<TokenSet>>)>,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -187,6 +196,7 @@ impl StreamAccess {
     /// No token, no limits: dev mode and internal use.
     pub fn unrestricted() -> Self {
         Self {
+            path: String::new(),
             watch: None,
             _permit: None,
         }
@@ -221,15 +231,14 @@ impl StreamAccess {
         }
     }
 
-    /// The status an open stream ends with when its token is revoked.
-    pub fn revoked_status(&self) -> Status {
+    /// The error an open stream ends with when its token is revoked.
+    pub fn revoked_error(&self) -> OrdoError {
         let name = self
             .watch
             .as_ref()
             .map_or("anonymous", |(g, _)| g.name.as_str());
-        Rejection::Revoked.record(name, "/ordo.v1.EventService/Subscribe", "token revoked");
-        Status::unauthenticated(format!(
-            "the token {name:?} of this subscription was revoked or changed; reconnect with a valid token"
-        ))
+        OrdoError::Revoked {
+            refused: Refused::new(name, self.path.as_str(), "token revoked"),
+        }
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::events::filter::Matcher;
+use crate::filter::Matcher;
 
 /// Why a tokens file was refused. The previous token set stays in force on reload.
 #[derive(Debug, thiserror::Error)]

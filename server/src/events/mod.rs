@@ -1,6 +1,5 @@
 //! The event side of Ordo: publish, read and subscribe.
 
-pub mod filter;
 pub mod position;
 pub mod publish;
 pub mod read;

@@ -3,8 +3,8 @@
 use ordo_api::v1::{ReadEventsRequest, ReadEventsResponse};
 use prost::Message;
 
-use super::{filter::Matcher, position};
-use crate::{error::OrdoError, store::SharedLog};
+use super::position;
+use crate::{error::OrdoError, filter::Matcher, paging, store::SharedLog};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -26,15 +26,7 @@ pub fn read_within(
     req: &ReadEventsRequest,
     within: Option<&Matcher>,
 ) -> Result<ReadEventsResponse, OrdoError> {
-    let limit = match req.limit as usize {
-        0 => DEFAULT_LIMIT,
-        n if n > MAX_LIMIT => {
-            return Err(OrdoError::invalid(format!(
-                "limit {n} is over the maximum of {MAX_LIMIT}"
-            )));
-        }
-        n => n,
-    };
+    let limit = paging::page_size("limit", req.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let matcher = Matcher::new(req.filter.as_ref())?.within(within);
     let head = log.head();
     let first = position::first_offset(req.start.as_ref(), head)?;

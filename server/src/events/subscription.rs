@@ -9,18 +9,16 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ordo_api::v1::{CaughtUp, Heartbeat};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::debug;
 
-use super::{filter::Matcher, read::READ_CHUNK_BYTES};
+use super::read::READ_CHUNK_BYTES;
 use crate::{
     auth::StreamAccess,
     error::OrdoError,
-    grpc::wire::{Frame as Message, SubscribeFrame},
+    filter::Matcher,
     store::{RawEvent, SharedLog},
 };
 
@@ -35,9 +33,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long a stream ended by revocation waits for its client to make room for the status.
 const REVOKED_GRACE: Duration = Duration::from_secs(2);
 
-/// Frames are wire-identical to `ordo.v1.SubscribeResponse` but carry each event's stored
-/// encoding as it is (see `server/proto/wire/frame.proto`): no decode or re-encode per event.
-pub type SubscribeStream = ReceiverStream<Result<SubscribeFrame, Status>>;
+/// What a subscription yields; `grpc::events` turns each into a wire frame, and an error into
+/// the status that ends the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A matching event, in its stored encoding (sent as is: no decode or re-encode per event).
+    Event(Bytes),
+    /// Everything up to `head_offset` was sent: what follows is live. Sent once.
+    CaughtUp { head_offset: u64 },
+    /// Nothing to send for a while; `scanned_offset` tells how far a filtered scan got.
+    Heartbeat {
+        head_offset: u64,
+        scanned_offset: u64,
+        time: SystemTime,
+    },
+}
+
+/// The stream of a subscription, ended by an error (shutdown, revocation, storage failure) or
+/// by the client going away.
+pub type ItemStream = ReceiverStream<Result<Item, OrdoError>>;
 
 /// What a subscription needs to run.
 pub struct Subscription {
@@ -54,14 +68,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Starts the feeding task and returns the stream to hand to tonic.
-    pub fn spawn(self) -> SubscribeStream {
+    /// Starts the feeding task and returns its stream.
+    pub fn spawn(self) -> ItemStream {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         tokio::spawn(self.run(tx));
         ReceiverStream::new(rx)
     }
 
-    async fn run(self, tx: mpsc::Sender<Result<SubscribeFrame, Status>>) {
+    async fn run(self, tx: mpsc::Sender<Result<Item, OrdoError>>) {
         let mut feed = Feed {
             tx,
             shutdown: self.shutdown.clone(),
@@ -77,7 +91,7 @@ impl Subscription {
                     Ok(events) if !events.is_empty() => events,
                     Ok(_) => break,
                     Err(err) => {
-                        feed.fail(OrdoError::from(err).into()).await;
+                        feed.fail(OrdoError::from(err)).await;
                         return;
                     }
                 };
@@ -90,8 +104,8 @@ impl Subscription {
                     let offset = event.offset;
                     let wanted = match self.wanted(&event) {
                         Ok(wanted) => wanted,
-                        Err(status) => {
-                            feed.fail(status).await;
+                        Err(err) => {
+                            feed.fail(err).await;
                             return;
                         }
                     };
@@ -112,9 +126,9 @@ impl Subscription {
             }
             if !caught_up {
                 caught_up = true;
-                let marker = Message::CaughtUp(CaughtUp {
+                let marker = Item::CaughtUp {
                     head_offset: next - 1,
-                });
+                };
                 if !feed.send(marker).await {
                     feed.end(next - 1).await;
                     return;
@@ -136,7 +150,7 @@ impl Subscription {
                 }
                 changed = head_rx.changed() => {
                     if changed.is_err() {
-                        feed.fail(Status::unavailable("the event log closed; reconnect")).await;
+                        feed.fail(OrdoError::Unavailable("the event log closed; reconnect".into())).await;
                         return;
                     }
                 }
@@ -156,43 +170,38 @@ impl Subscription {
 impl Subscription {
     /// Whether the filter wants this event. An unfiltered subscription never decodes anything;
     /// a filtered one decodes only the type and stream id.
-    fn wanted(&self, event: &RawEvent) -> Result<bool, Status> {
+    fn wanted(&self, event: &RawEvent) -> Result<bool, OrdoError> {
         if self.matcher.is_everything() {
             return Ok(true);
         }
-        let key = event
-            .key()
-            .map_err(|err| Status::from(OrdoError::from(err)))?;
+        let key = event.key()?;
         Ok(self.matcher.matches_parts(&key.r#type, &key.stream_id))
     }
 }
 
 /// The sending half, which gives up as soon as the client leaves or the server shuts down.
 struct Feed {
-    tx: mpsc::Sender<Result<SubscribeFrame, Status>>,
+    tx: mpsc::Sender<Result<Item, OrdoError>>,
     shutdown: CancellationToken,
 }
 
 impl Feed {
     async fn event(&mut self, encoded: Bytes) -> bool {
-        self.send(Message::Event(encoded)).await
+        self.send(Item::Event(encoded)).await
     }
 
     async fn heartbeat(&mut self, head: u64, scanned: u64) -> bool {
-        self.send(Message::Heartbeat(Heartbeat {
+        self.send(Item::Heartbeat {
             head_offset: head,
             scanned_offset: scanned,
-            time: Some(SystemTime::now().into()),
-        }))
+            time: SystemTime::now(),
+        })
         .await
     }
 
-    async fn send(&mut self, message: Message) -> bool {
-        let item = Ok(SubscribeFrame {
-            message: Some(message),
-        });
+    async fn send(&mut self, item: Item) -> bool {
         tokio::select! {
-            sent = self.tx.send(item) => sent.is_ok(),
+            sent = self.tx.send(Ok(item)) => sent.is_ok(),
             _ = self.shutdown.cancelled() => false,
         }
     }
@@ -204,21 +213,21 @@ impl Feed {
         if !self.shutdown.is_cancelled() {
             return;
         }
-        let status = Status::unavailable(format!(
+        let err = OrdoError::Unavailable(format!(
             "server is shutting down; resume with start.after_offset = {resume}"
         ));
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tx.send(Err(status))).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tx.send(Err(err))).await;
     }
 
     /// Ends the stream with UNAUTHENTICATED because its token was revoked; waits a moment for
     /// room so the client learns why.
     async fn revoked(&mut self, access: &StreamAccess) {
-        let status = access.revoked_status();
-        let _ = tokio::time::timeout(REVOKED_GRACE, self.tx.send(Err(status))).await;
+        let err = access.revoked_error();
+        let _ = tokio::time::timeout(REVOKED_GRACE, self.tx.send(Err(err))).await;
     }
 
-    async fn fail(&mut self, status: Status) {
-        // Best effort: a full channel at shutdown just drops the status with the stream.
-        let _ = self.tx.try_send(Err(status));
+    async fn fail(&mut self, err: OrdoError) {
+        // Best effort: a full channel at shutdown just drops the error with the stream.
+        let _ = self.tx.try_send(Err(err));
     }
 }

@@ -1,28 +1,55 @@
 //! `ordo.v1.EventService`.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use ordo_api::v1::{
-    PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse, SubscribeRequest,
+    CaughtUp, Heartbeat, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
+    SubscribeRequest,
 };
 use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{self, Rejection},
+    auth,
     config::ServerConfig,
+    error::{OrdoError, Refused},
     events::{
-        filter::Matcher,
         position, publish, read,
-        subscription::{MIN_HEARTBEAT, SubscribeStream, Subscription},
+        subscription::{Item, MIN_HEARTBEAT, Subscription},
     },
-    grpc::wire::EventService,
+    filter::Matcher,
+    grpc::wire::{EventService, Frame, SubscribeFrame},
     store::SharedLog,
 };
 
 const SUBSCRIBE_PATH: &str = "/ordo.v1.EventService/Subscribe";
 const PUBLISH_PATH: &str = "/ordo.v1.EventService/Publish";
+
+/// Frames are wire-identical to `ordo.v1.SubscribeResponse` but carry each event's stored
+/// encoding as it is (see `server/proto/wire/frame.proto`): no decode or re-encode per event.
+pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
+
+/// A subscription's item as a wire frame; its error as the status that ends the stream.
+fn frame(item: Result<Item, OrdoError>) -> Result<SubscribeFrame, Status> {
+    let message = match item? {
+        Item::Event(encoded) => Frame::Event(encoded),
+        Item::CaughtUp { head_offset } => Frame::CaughtUp(CaughtUp { head_offset }),
+        Item::Heartbeat {
+            head_offset,
+            scanned_offset,
+            time,
+        } => Frame::Heartbeat(Heartbeat {
+            head_offset,
+            scanned_offset,
+            time: Some(time.into()),
+        }),
+    };
+    Ok(SubscribeFrame {
+        message: Some(message),
+    })
+}
 
 pub struct EventApi {
     log: SharedLog,
@@ -61,13 +88,14 @@ impl EventService for EventApi {
             ms => Duration::from_millis(ms.into()).max(MIN_HEARTBEAT),
         };
         let access = principal.open_stream(SUBSCRIBE_PATH)?;
-        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
-            Rejection::Subscribers.record(principal.name(), SUBSCRIBE_PATH, "max_subscribers");
-            Status::resource_exhausted(format!(
-                "the server already serves {} subscriptions (max_subscribers); retry later",
-                self.config.limits.max_subscribers
-            ))
-        })?;
+        let permit =
+            self.subscribers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| OrdoError::SubscriberCap {
+                    max: self.config.limits.max_subscribers,
+                    refused: Refused::new(principal.name(), SUBSCRIBE_PATH, "max_subscribers"),
+                })?;
         let stream = Subscription {
             log: self.log.clone(),
             first_offset,
@@ -78,7 +106,7 @@ impl EventService for EventApi {
             access,
         }
         .spawn();
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(stream.map(frame))))
     }
 
     async fn read_events(
@@ -102,16 +130,16 @@ impl EventService for EventApi {
             .position(|e| !principal.may_write(&e.r#type, &e.stream_id));
         if let Some(i) = denied {
             let event = &request.get_ref().events[i];
-            Rejection::PermissionDenied.record(principal.name(), PUBLISH_PATH, "event prefix");
-            let message = format!(
-                "events[{i}] (type {:?}, stream {:?}) is outside the event types/streams token {:?} may publish; nothing was appended",
-                event.r#type,
-                event.stream_id,
-                principal.name()
-            );
-            return Err(Status::permission_denied(
-                crate::error::clip(&message).into_owned(),
-            ));
+            return Err(OrdoError::PermissionDenied {
+                message: format!(
+                    "events[{i}] (type {:?}, stream {:?}) is outside the event types/streams token {:?} may publish; nothing was appended",
+                    event.r#type,
+                    event.stream_id,
+                    principal.name()
+                ),
+                refused: Refused::new(principal.name(), PUBLISH_PATH, "event prefix"),
+            }
+            .into());
         }
         let response =
             publish::publish(&self.log, &self.config.limits, request.into_inner()).await?;

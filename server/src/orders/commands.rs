@@ -21,6 +21,7 @@ use super::{model, records};
 use crate::{
     config::Limits,
     error::OrdoError,
+    paging,
     store::{AppendBatch, AppendOutcome, IdempotencyClaim, Projection, SharedLog, StoreError},
     validate,
 };
@@ -92,15 +93,7 @@ impl OrderCommands {
     }
 
     pub fn list(&self, req: &ListOrdersRequest) -> Result<ListOrdersResponse, OrdoError> {
-        let page_size = match req.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(OrdoError::invalid(format!(
-                    "page_size {n} is over the limit of {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
+        let page_size = paging::page_size("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let status = OrderStatus::try_from(req.status).map_err(|_| {
             OrdoError::invalid(format!("status {} is not a known OrderStatus", req.status))
         })?;
@@ -113,11 +106,7 @@ impl OrderCommands {
             OrderStatus::Unspecified => records::all_orders_prefix(),
             status => records::status_prefix(status),
         };
-        let after = (!req.page_token.is_empty()).then(|| {
-            let mut key = prefix.clone();
-            key.extend_from_slice(req.page_token.as_bytes());
-            key
-        });
+        let after = paging::after_key(&prefix, &req.page_token);
         // One extra row tells whether another page exists.
         let rows = self
             .log
@@ -131,10 +120,7 @@ impl OrderCommands {
             };
             orders.push(order);
         }
-        let next_page_token = match (more, orders.last()) {
-            (true, Some(last)) => last.id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = paging::next_page_token(more, orders.last().map(|o| o.id.as_str()));
         Ok(ListOrdersResponse {
             orders,
             next_page_token,

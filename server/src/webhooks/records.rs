@@ -16,7 +16,7 @@
 //! Everything is written through the log's group-committed, fdatasync'd writer, so after an
 //! acknowledged write (e.g. a cursor move after a 2xx) a crash cannot undo it.
 
-use crate::store::RecordWrite;
+use crate::{error::OrdoError, filter::Matcher, store::RecordWrite, store::StoreError};
 
 const WEBHOOK: &[u8] = b"wh";
 const CURSOR: &[u8] = b"wc";
@@ -58,6 +58,19 @@ pub struct StoredWebhook {
     /// 0 or 1: ordered delivery; more: parallel delivery with this many events in flight.
     #[prost(uint32, tag = "14")]
     pub max_in_flight: u32,
+}
+
+impl StoredWebhook {
+    /// The matcher for this webhook's filters.
+    pub fn matcher(&self) -> Result<Matcher, OrdoError> {
+        filter_matcher(&self.event_types, &self.stream_ids)
+    }
+}
+
+/// The matcher for a webhook's `event_types` and `stream_ids`, with errors naming those fields:
+/// the one place a webhook's filter is built, for validation and delivery alike.
+pub fn filter_matcher(types: &[String], streams: &[String]) -> Result<Matcher, OrdoError> {
+    Matcher::from_lists(("event_types", types), ("stream_ids", streams))
 }
 
 /// Retry state of one event of a parallel webhook, so a restart resumes its attempt count and
@@ -178,4 +191,12 @@ pub fn put(key: Vec<u8>, message: &impl prost::Message) -> RecordWrite {
 
 pub fn delete(key: Vec<u8>) -> RecordWrite {
     RecordWrite { key, value: None }
+}
+
+/// Decodes a stored record; a failure means the record is corrupt.
+pub fn decode<M: prost::Message + Default>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|err| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: err.to_string(),
+    })
 }

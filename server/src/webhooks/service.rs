@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    CreateWebhookRequest, CreateWebhookResponse, DeadLetter, DeliveryAttempt, EventFilter,
+    CreateWebhookRequest, CreateWebhookResponse, DeadLetter, DeliveryAttempt,
     ListDeadLettersRequest, ListDeadLettersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
     ListWebhooksRequest, ListWebhooksResponse, RedriveDeadLettersRequest,
     RedriveDeadLettersResponse, RotateSecretRequest, RotateSecretResponse, UpdateWebhookRequest,
@@ -12,15 +12,16 @@ use ordo_api::v1::{
 };
 
 use super::{
-    Webhooks, decode, now_ms,
-    records::{self, Cursor, StoredWebhook},
+    Webhooks,
+    records::{self, Cursor, StoredWebhook, decode},
     signing,
     ssrf::{GuardedResolver, RefusedHost},
-    timestamp,
 };
 use crate::{
+    clock::{now_ms, timestamp},
     error::OrdoError,
-    events::{filter::Matcher, position},
+    events::position,
+    paging,
     store::{AppendBatch, RecordWrite},
     validate,
 };
@@ -105,8 +106,8 @@ impl Webhooks {
     }
 
     pub fn list(&self, req: &ListWebhooksRequest) -> Result<ListWebhooksResponse, OrdoError> {
-        let size = page_size("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let after = (!req.page_token.is_empty()).then(|| records::webhook_key(&req.page_token));
+        let size = paging::page_size("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = paging::after_key(&records::all_webhooks_prefix(), &req.page_token);
         let page =
             self.log()
                 .scan_records(&records::all_webhooks_prefix(), after.as_deref(), size + 1)?;
@@ -117,10 +118,7 @@ impl Webhooks {
             let cursor = self.load_cursor(&records::id_from_webhook_key(&key))?;
             webhooks.push(self.to_api(&hook, &cursor)?);
         }
-        let next_page_token = match (more, webhooks.last()) {
-            (true, Some(last)) => last.id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = paging::next_page_token(more, webhooks.last().map(|w| w.id.as_str()));
         Ok(ListWebhooksResponse {
             webhooks,
             next_page_token,
@@ -141,11 +139,7 @@ impl Webhooks {
                 .unwrap_or(&[]);
             check_filters(&types.values, streams)?;
         } else if let Some(streams) = &req.stream_ids {
-            Matcher::new(Some(&EventFilter {
-                types: Vec::new(),
-                stream_ids: streams.values.clone(),
-            }))
-            .map_err(|e| rename(e, "filter.stream_ids", "stream_ids"))?;
+            records::filter_matcher(&[], &streams.values)?;
         }
         if let Some(description) = &req.description {
             validate::text("description", description, MAX_DESCRIPTION, false)?;
@@ -272,7 +266,7 @@ impl Webhooks {
         &self,
         req: &ListDeliveriesRequest,
     ) -> Result<ListDeliveriesResponse, OrdoError> {
-        let limit = page_size("limit", req.limit, DEFAULT_ATTEMPTS, MAX_ATTEMPTS_PAGE)?;
+        let limit = paging::page_size("limit", req.limit, DEFAULT_ATTEMPTS, MAX_ATTEMPTS_PAGE)?;
         self.require(&req.webhook_id)?;
         let cursor = self.load_cursor(&req.webhook_id)?;
         let first = cursor.attempt_seq.saturating_sub(limit as u64);
@@ -296,7 +290,7 @@ impl Webhooks {
         &self,
         req: &ListDeadLettersRequest,
     ) -> Result<ListDeadLettersResponse, OrdoError> {
-        let limit = page_size("limit", req.limit, DEFAULT_DEAD_PAGE, MAX_DEAD_PAGE)?;
+        let limit = paging::page_size("limit", req.limit, DEFAULT_DEAD_PAGE, MAX_DEAD_PAGE)?;
         self.require(&req.webhook_id)?;
         let after =
             (req.after_offset > 0).then(|| records::dead_key(&req.webhook_id, req.after_offset));
@@ -479,36 +473,8 @@ fn check_filters(types: &[String], streams: &[String]) -> Result<(), OrdoError> 
             "event_types is required: list at least one event type, exact (order.created) or prefix (order.*); use * for every event",
         ));
     }
-    Matcher::new(Some(&EventFilter {
-        types: types.to_vec(),
-        stream_ids: streams.to_vec(),
-    }))
-    .map_err(|e| {
-        rename(
-            rename(e, "filter.types", "event_types"),
-            "filter.stream_ids",
-            "stream_ids",
-        )
-    })?;
+    records::filter_matcher(types, streams)?;
     Ok(())
-}
-
-/// Matcher names fields as in EventFilter; webhook requests name them differently.
-fn rename(err: OrdoError, from: &str, to: &str) -> OrdoError {
-    match err {
-        OrdoError::InvalidArgument(msg) => OrdoError::InvalidArgument(msg.replace(from, to)),
-        other => other,
-    }
-}
-
-fn page_size(field: &str, value: u32, default: usize, max: usize) -> Result<usize, OrdoError> {
-    match value as usize {
-        0 => Ok(default),
-        n if n > max => Err(OrdoError::invalid(format!(
-            "{field} {n} is over the maximum of {max}"
-        ))),
-        n => Ok(n),
-    }
 }
 
 fn not_found(id: &str) -> OrdoError {

@@ -1,0 +1,343 @@
+//! `ordo-bench`: measures Ordo the way users feel it — durable appends per second, producer to
+//! subscriber latency, catch-up speed, fan-out and scale — against a server it starts itself
+//! (release `ordo-server`, temp data dir) or one given with `--addr`.
+//!
+//! Shapes follow the peers' published measurements (256-byte payloads, closed-loop clients at
+//! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
+
+mod ceiling;
+mod progress;
+mod report;
+mod scenarios;
+mod server;
+mod stats;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use report::Row;
+use scenarios::AppendKind;
+use server::OwnedServer;
+use tonic::transport::Channel;
+
+/// Benchmarks an Ordo server. Build first: `cargo build --release -p ordo-server -p ordo-bench`.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench all --quick --json"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Benchmark this running server instead of starting one (fan-out RSS and scale then need
+    /// the bench's own server and are skipped).
+    #[arg(long, global = true, env = "ORDO_BENCH_ADDR")]
+    addr: Option<String>,
+    /// Print JSON lines instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Extra flags for the server the bench starts (repeatable), e.g. `--server-arg=--sync=no-fsync-unsafe`.
+    #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Seconds per measured run.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Single-event Publish and CreateOrder calls from C closed-loop clients, each next to the
+    /// ceiling (a bare tonic echo) at the same C, measured just before it.
+    Append {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+    },
+    /// The bare gRPC ceiling alone: an in-process tonic server answering Publish without storage.
+    Ceiling {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+    },
+    /// 256-byte write + fdatasync on the data dir's filesystem: the floor of one durable append.
+    Disk {
+        /// Directory on the filesystem to measure (default: the bench's temp dir, where its
+        /// server keeps its data).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Publish with many events per call.
+    AppendBatch {
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+    /// Producer at a fixed rate, K live subscribers: send-to-receipt latency.
+    E2e {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        rate: Vec<u64>,
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+    },
+    /// Pre-filled log, subscribers from offset 1 until caught_up.
+    Catchup {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        subscribers: Vec<usize>,
+    },
+    /// Many live subscribers while appending: delivery latency and the server's peak RSS.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
+    /// Append latency and start time with an empty log vs N stored events.
+    Scale {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
+    /// Every scenario in turn (with `--quick`: tiny sizes, for CI smoke runs).
+    All {
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let duration = Duration::from_secs_f64(g.duration);
+    if !g.json {
+        println!("{}", report::table_header());
+    }
+    let emit = |row: &Row| {
+        if g.json {
+            println!("{}", row.json_line());
+        } else {
+            println!("{}", row.table_line());
+        }
+    };
+    match &cli.scenario {
+        Scenario::Append { clients } => {
+            let floor = disk_floor(g, clients).await?;
+            if let Some(disk) = &floor {
+                emit(disk);
+            }
+            let (_owned, channel) = target(g).await?;
+            for row in appends(&channel, clients, duration, floor.as_ref()).await? {
+                emit(&row);
+            }
+        }
+        Scenario::Ceiling { clients } => {
+            let ceiling = ceiling::Ceiling::start().await?;
+            for &c in clients {
+                emit(&ceiling.measure(c, duration).await?);
+            }
+        }
+        Scenario::Disk { dir } => {
+            let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+            emit(&tokio::task::spawn_blocking(move || ceiling::disk(&dir, duration)).await??);
+        }
+        Scenario::AppendBatch { clients, batch } => {
+            let (_owned, channel) = target(g).await?;
+            emit(&scenarios::append_batch(&channel, *clients, *batch, duration).await?);
+        }
+        Scenario::E2e { rate, subscribers } => {
+            let (_owned, channel) = target(g).await?;
+            for &r in rate {
+                emit(
+                    &scenarios::e2e(
+                        std::slice::from_ref(&channel),
+                        r,
+                        *subscribers,
+                        duration,
+                        "e2e",
+                    )
+                    .await?,
+                );
+            }
+        }
+        Scenario::Catchup {
+            events,
+            subscribers,
+        } => {
+            let (_owned, channel) = target(g).await?;
+            fill(&channel, *events).await?;
+            for &s in subscribers {
+                emit(&scenarios::catchup(&channel, s).await?);
+            }
+        }
+        Scenario::Fanout { subscribers, rate } => {
+            emit(&fanout(g, *subscribers, *rate, duration).await?);
+        }
+        Scenario::Scale { events } => {
+            for row in scale(g, *events).await? {
+                emit(&row);
+            }
+        }
+        Scenario::All { quick } => {
+            let (clients, batch_dur, events, fan, big) = if *quick {
+                (vec![1, 4], Duration::from_millis(500), 5_000, 50, 20_000)
+            } else {
+                (vec![1, 16, 64, 256], duration, 1_000_000, 1000, 10_000_000)
+            };
+            let run = if *quick {
+                Duration::from_millis(500)
+            } else {
+                duration
+            };
+            {
+                let floor = disk_floor(g, &clients).await?;
+                if let Some(disk) = &floor {
+                    emit(disk);
+                }
+                let (_owned, channel) = target(g).await?;
+                for row in appends(&channel, &clients, run, floor.as_ref()).await? {
+                    emit(&row);
+                }
+                emit(&scenarios::append_batch(&channel, 4, 100, batch_dur).await?);
+                for rate in [1000, 10_000] {
+                    emit(
+                        &scenarios::e2e(std::slice::from_ref(&channel), rate, 1, run, "e2e")
+                            .await?,
+                    );
+                }
+            }
+            {
+                let (_owned, channel) = target(g).await?;
+                fill(&channel, events).await?;
+                for s in [1, 4] {
+                    emit(&scenarios::catchup(&channel, s).await?);
+                }
+            }
+            emit(&fanout(g, fan, 1000, run).await?);
+            for row in scale(g, big).await? {
+                emit(&row);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For each client count: the ceiling, then Publish and CreateOrder with their ratio to it. At
+/// one client, Publish also gets the floor its p50 is held to: ceiling p50 + disk p50 + 0.1 ms.
+async fn appends(
+    channel: &Channel,
+    clients: &[usize],
+    duration: Duration,
+    disk: Option<&Row>,
+) -> anyhow::Result<Vec<Row>> {
+    let echo = ceiling::Ceiling::start().await?;
+    let mut rows = Vec::new();
+    for &c in clients {
+        let bare = echo.measure(c, duration).await?;
+        for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
+            let mut row =
+                ceiling::against(scenarios::append(channel, kind, c, duration).await?, &bare);
+            if c == 1
+                && matches!(kind, AppendKind::Publish { .. })
+                && let Some(disk) = disk
+            {
+                let floor = bare.p50_ms + disk.p50_ms + 0.1;
+                row = row.extra("p50_floor_ms", format!("{floor:.3}"));
+            }
+            rows.push(row);
+        }
+        rows.insert(rows.len() - 2, bare);
+    }
+    Ok(rows)
+}
+
+/// The disk's fdatasync floor, when a single-client run will be held to it.
+async fn disk_floor(g: &Global, clients: &[usize]) -> anyhow::Result<Option<Row>> {
+    if !clients.contains(&1) || g.addr.is_some() {
+        return Ok(None);
+    }
+    let probe = Duration::from_secs_f64(g.duration.min(2.0));
+    let row =
+        tokio::task::spawn_blocking(move || ceiling::disk(&std::env::temp_dir(), probe)).await??;
+    Ok(Some(row))
+}
+
+/// The bench's own server (kept alive by the returned guard) or the one at `--addr`.
+async fn target(g: &Global) -> anyhow::Result<(Option<OwnedServer>, Channel)> {
+    match &g.addr {
+        Some(addr) => Ok((None, scenarios::connect(addr).await?)),
+        None => {
+            let (server, _) = OwnedServer::start(&g.server_args).await?;
+            let channel = scenarios::connect(&server.addr).await?;
+            Ok((Some(server), channel))
+        }
+    }
+}
+
+async fn fill(channel: &Channel, events: u64) -> anyhow::Result<()> {
+    let bar = progress::progress_bar(events, "events prefilled");
+    scenarios::prefill(channel, events, |done| bar.set_position(done)).await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn fanout(
+    g: &Global,
+    subscribers: usize,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let (owned, _) = target(g).await?;
+    let addr = owned
+        .as_ref()
+        .map(|s| s.addr.clone())
+        .or_else(|| g.addr.clone())
+        .unwrap_or_default();
+    // HTTP/2 caps concurrent streams per connection: spread subscribers over connections.
+    let mut channels = Vec::new();
+    for _ in 0..subscribers.div_ceil(100).max(1) {
+        channels.push(scenarios::connect(&addr).await?);
+    }
+    let row = scenarios::e2e(&channels, rate, subscribers, duration, "fanout").await?;
+    Ok(match owned.as_ref().and_then(OwnedServer::peak_rss_mib) {
+        Some(rss) => row.extra("server_peak_rss_mib", format!("{rss:.0}")),
+        None => row,
+    })
+}
+
+/// Start time and single-client append latency on an empty log, then after `events` appends.
+async fn scale(g: &Global, events: u64) -> anyhow::Result<Vec<Row>> {
+    if g.addr.is_some() {
+        anyhow::bail!(
+            "scale restarts the server, so it needs the bench's own server (drop --addr)"
+        );
+    }
+    let probe = Duration::from_secs_f64(g.duration.min(3.0));
+    let (mut server, start_empty) = OwnedServer::start(&g.server_args).await?;
+    let channel = scenarios::connect(&server.addr).await?;
+    let empty = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
+    fill(&channel, events).await?;
+    server.stop()?;
+    let start_full = server.spawn().await?;
+    let channel = scenarios::connect(&server.addr).await?;
+    let full = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
+    let mut rows = Vec::new();
+    for (label, row, start) in [("0", empty, start_empty), ("filled", full, start_full)] {
+        let stored = if label == "0" { 0 } else { events };
+        let mut row = row.extra("start_ms", format!("{:.0}", start.as_secs_f64() * 1000.0));
+        row.scenario = "scale".into();
+        row.params = format!("stored={stored}");
+        rows.push(row);
+    }
+    let disk = server.disk_usage_mib();
+    if let Some(last) = rows.last_mut() {
+        last.extra.push(("disk_mib".into(), format!("{disk:.0}")));
+    }
+    Ok(rows)
+}

@@ -1,0 +1,170 @@
+//! The Python example (`examples/python/`) against the real `ordo-server` binary: stubs are
+//! generated from `proto/` with grpcio-tools at test time, then the producer creates an order
+//! and publishes, and the consumer subscribes from an offset and resumes after a client-side
+//! disconnect and after a `kill -9` restart of the server.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use ordo_test_harness::ChildServer;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Installs grpcio and grpcio-tools (quietly; a no-op when present).
+async fn pip_install() {
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["grpcio", "grpcio-tools"])
+        .output()
+        .await
+        .expect("python3 must be installed (Python 3.11 is on every machine of this project)");
+    assert!(
+        output.status.success(),
+        "pip install grpcio grpcio-tools failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn python(script: &str, stubs: &Path) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo().join("examples/python").join(script))
+        .env("ORDO_STUBS_DIR", stubs)
+        .env("ORDO_PROTO_DIR", repo().join("proto"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+async fn run_json(mut command: Command) -> Vec<Value> {
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("python script finishes")
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_producer_and_consumer_work_and_resume() {
+    pip_install().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let stubs = tempfile::tempdir().expect("temp dir");
+    let mut server = ChildServer::start(data.path(), None, &[]).await;
+    let addr = server.addr.to_string();
+
+    // Producer: order created (1) and paid (2), three published events (3..=5).
+    let mut producer = python("producer.py", stubs.path());
+    producer.args(["--addr", &addr, "--events", "3"]);
+    let produced = run_json(producer).await;
+    assert_eq!(produced[0]["offset"], 1, "{produced:?}");
+    assert!(produced[0]["order_created"].is_string());
+    assert_eq!(produced[1]["offset"], 2);
+    let published: Vec<u64> = produced
+        .iter()
+        .filter(|v| v.get("published").is_some())
+        .filter_map(|v| v["offset"].as_u64())
+        .collect();
+    assert_eq!(published, vec![3, 4, 5]);
+    assert_eq!(produced.last().expect("read")["customer"], "py-customer");
+
+    // Consumer from an offset, dropping its connection once after two events.
+    let mut consumer = python("consumer.py", stubs.path());
+    consumer.args([
+        "--addr",
+        &addr,
+        "--after",
+        "1",
+        "--count",
+        "4",
+        "--disconnect-after",
+        "2",
+    ]);
+    let consumed = run_json(consumer).await;
+    assert!(
+        consumed.iter().any(|v| v.get("reconnecting").is_some()),
+        "{consumed:?}"
+    );
+    assert_eq!(
+        consumed.last().expect("done")["offsets"],
+        serde_json::json!([2, 3, 4, 5])
+    );
+
+    // Consumer across a kill -9 restart of the server.
+    let mut child = python("consumer.py", stubs.path())
+        .args(["--addr", &addr, "--after", "0", "--count", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn consumer");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("consumer output")
+            .expect("read")
+            .expect("consumer still running");
+        seen.push(line.clone());
+        if line.contains("caught_up") {
+            break;
+        }
+    }
+    let port = server.addr.port();
+    server.kill9();
+    server = ChildServer::start(data.path(), Some(port), &[]).await;
+    let mut producer = python("producer.py", stubs.path());
+    producer.args(["--addr", &addr, "--events", "3"]);
+    run_json(producer).await;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("consumer output")
+        .expect("read")
+    {
+        seen.push(line);
+    }
+    let status = child.wait().await.expect("consumer exits");
+    assert!(status.success(), "consumer failed: {seen:?}");
+    let values: Vec<Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(
+        values.iter().any(|v| v.get("reconnecting").is_some()),
+        "the consumer saw the restart: {seen:?}"
+    );
+    assert_eq!(
+        values.last().expect("done")["offsets"],
+        serde_json::json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+        "{seen:?}"
+    );
+    drop(server);
+}

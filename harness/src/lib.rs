@@ -1,0 +1,18 @@
+//! The one test harness for every Ordo integration suite.
+//!
+//! - [`server`]: a real server on an ephemeral port over a real sled directory, in-process
+//!   ([`TestServer`]) or as the real binary ([`ChildServer`], for kill -9 and restarts).
+//! - [`api`]: request builders, log reads, status assertions and time-bounded stream reads.
+//! - [`tokens`]: tokens files and authorised requests. [`pki`]: a throwaway CA and certificates.
+//! - [`receiver`]: a recording webhook endpoint and an independent signature verifier.
+//!
+//! A library rather than a `mod common;` per test binary: every helper exists once, and unused
+//! ones need no `#![allow(dead_code)]`.
+
+pub mod api;
+pub mod pki;
+pub mod receiver;
+pub mod server;
+pub mod tokens;
+
+pub use server::{ChildServer, TestServer, free_port, server_binary};

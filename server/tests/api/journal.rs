@@ -1,0 +1,422 @@
+//! The write-ahead journal, black-box: the real binary killed with SIGKILL again and again under
+//! concurrent load (segment roll-overs and background sled flushes included) loses no
+//! acknowledged event, and a damaged journal gives the documented outcome: a torn last frame is
+//! cut off with a warning, damage followed by whole frames refuses to start and names the file.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ordo_api::v1::{
+    EventPosition, GetOrderRequest, NewEvent, event_service_client::EventServiceClient,
+    order_service_client::OrderServiceClient,
+};
+use ordo_test_harness::api::*;
+use ordo_test_harness::{ChildServer, free_port, server_binary};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tonic::transport::Channel;
+
+async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        // Generous: a debug build verifying 50k events on two busy cores.
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Small segments and a fast sled flush make roll-overs and background flushes frequent, so
+/// the kills land in the middle of them.
+const CHURN: &[&str] = &["--journal-segment-mb", "4", "--sled-flush-ms", "50"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_torture_over_the_journal() {
+    let seed: u64 = std::env::var("ORDO_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (ORDO_TORTURE_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut acked: Vec<EventPosition> = Vec::new();
+    let mut orders: Vec<(String, u64)> = Vec::new();
+    const TRIALS: usize = 6;
+    for trial in 0..TRIALS {
+        let server = ChildServer::start(dir.path(), None, CHURN).await;
+        let url = server.url();
+        // Everything acknowledged in earlier trials is still there before new load starts.
+        verify(&url, &acked, &orders).await;
+        let mut writers = Vec::new();
+        for w in 0..6usize {
+            let channel = connect(&url).await;
+            writers.push(tokio::spawn(load(channel, trial, w)));
+        }
+        let run = Duration::from_millis(rng.random_range(150..1200));
+        tokio::time::sleep(run).await;
+        server.kill9();
+        let mut this_trial = 0;
+        for writer in writers {
+            let (events, created) = tokio::time::timeout(Duration::from_secs(15), writer)
+                .await
+                .expect("writers notice the crash")
+                .expect("writer task");
+            this_trial += events.len();
+            acked.extend(events);
+            orders.extend(created);
+        }
+        let segments = journal_segments(dir.path());
+        println!(
+            "trial {trial}: killed after {run:?}, {this_trial} events acknowledged, journal segments on disk: {:?}",
+            segments
+                .iter()
+                .filter_map(|p| p.file_stem().and_then(|s| s.to_str()?.parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(acked.len() > 5_000, "too little load to mean anything");
+    let server = ChildServer::start(dir.path(), None, CHURN).await;
+    verify(&server.url(), &acked, &orders).await;
+}
+
+/// One writer: batches of 1-60 events (so segments fill and roll), and orders on writer 0.
+async fn load(
+    channel: Channel,
+    trial: usize,
+    w: usize,
+) -> (Vec<EventPosition>, Vec<(String, u64)>) {
+    let mut events = EventServiceClient::new(channel.clone());
+    let mut orders = OrderServiceClient::new(channel);
+    let mut acked = Vec::new();
+    let mut created = Vec::new();
+    for n in 0..1_000_000u64 {
+        if w == 0 && n % 4 == 0 {
+            match orders
+                .create_order(create_req(&format!("torture-{trial}-{n}")))
+                .await
+            {
+                Ok(r) => {
+                    let order = r.into_inner().order.expect("order");
+                    created.push((order.id, order.last_offset));
+                }
+                Err(_) => break,
+            }
+            continue;
+        }
+        let size = (n * 7 + w as u64) % 60 + 1;
+        let batch = (0..size)
+            .map(|i| NewEvent {
+                // 1 KiB each: a 4 MiB segment fills in well under a second.
+                data: vec![b'x'; 1024],
+                ..new_event_with_id(
+                    &format!("torture-{w}"),
+                    "test.torture",
+                    &format!("t{trial}-w{w}-{n}-{i}"),
+                )
+            })
+            .collect();
+        match events.publish(publish_req(batch)).await {
+            Ok(r) => acked.extend(r.into_inner().positions),
+            Err(_) => break,
+        }
+    }
+    (acked, created)
+}
+
+/// Every acknowledged event is at its offset once, offsets are gapless, stream versions count
+/// up in offset order, and every acknowledged order folds to what its create returned.
+async fn verify(url: &str, acked: &[EventPosition], created: &[(String, u64)]) {
+    let channel = connect(url).await;
+    let mut events = EventServiceClient::new(channel.clone());
+    let mut orders = OrderServiceClient::new(channel);
+    let log = read_all(&mut events).await;
+    let head_now = head(&mut events).await;
+    assert_eq!(
+        offsets(&log),
+        (1..=head_now).collect::<Vec<_>>(),
+        "offsets are gapless 1..=head"
+    );
+    for position in acked {
+        let event = log
+            .get((position.offset - 1) as usize)
+            .unwrap_or_else(|| panic!("acknowledged offset {} lost", position.offset));
+        assert_eq!(event.id, position.id, "acknowledged event lost or moved");
+        assert_eq!(event.stream_version, position.stream_version);
+    }
+    let ids: HashSet<&str> = log.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), log.len(), "every event is stored once");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for event in &log {
+        let v = versions.entry(event.stream_id.as_str()).or_default();
+        *v += 1;
+        assert_eq!(
+            event.stream_version, *v,
+            "stream {} version",
+            event.stream_id
+        );
+    }
+    for (id, last_offset) in created {
+        let order = orders
+            .get_order(GetOrderRequest {
+                order_id: id.clone(),
+                at_version: None,
+            })
+            .await
+            .expect("acknowledged order survives")
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!((order.version, order.last_offset), (1, *last_offset));
+    }
+}
+
+fn journal_segments(data_dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("journal"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+                .collect()
+        })
+        .unwrap_or_default();
+    segments.sort();
+    segments
+}
+
+/// A data dir whose journal holds `events` single-event frames (sled's flush interval is longer
+/// than the test, so the journal keeps them all; sled may still have written some on its own),
+/// and the byte ranges of those frames.
+async fn journal_only_log(events: u64) -> (tempfile::TempDir, PathBuf, Vec<(usize, usize)>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path(), None, &["--sled-flush-ms", "600000"]).await;
+    let mut client = EventServiceClient::new(connect(&server.url()).await);
+    for n in 0..events {
+        let position = client
+            .publish(publish_req(vec![new_event_with_id(
+                "torn",
+                "test.torn",
+                &format!("torn-{n}"),
+            )]))
+            .await
+            .expect("publish")
+            .into_inner()
+            .positions;
+        assert_eq!(position[0].offset, n + 1);
+    }
+    server.kill9();
+    let segment = journal_segments(dir.path())
+        .into_iter()
+        .next()
+        .expect("a journal segment");
+    let bytes = std::fs::read(&segment).expect("read segment");
+    // Frame header: magic, payload length (u32 LE at 4..8), lsn, two checksums: 24 bytes.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 24 && &bytes[at..at + 4] == b"ORDJ" {
+        let len = 24 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4")) as usize;
+        frames.push((at, at + len));
+        at += len;
+    }
+    assert_eq!(
+        frames.len() as u64,
+        events,
+        "one frame per acknowledged publish"
+    );
+    (dir, segment, frames)
+}
+
+/// The real binary on a damaged data dir, killed when dropped.
+struct Recovering {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Recovering {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary on `dir` until it answers a call (returns it with its stderr so far) or
+/// exits (returns its stderr). The port is bound before the log opens, so only an answered
+/// call means recovery is over.
+async fn start_and_report(dir: &Path) -> Result<(Recovering, String), String> {
+    let port = free_port();
+    let log = dir.join("server.log");
+    let child = Command::new(server_binary())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        // tracing writes to stdout, anyhow's exit error to stderr: keep both.
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("log file"),
+        )
+        .spawn()
+        .expect("spawn");
+    let mut server = Recovering { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = server.child.try_wait() {
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        if let Ok(channel) = Channel::from_shared(server.url())
+            .expect("url")
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            && EventServiceClient::new(channel)
+                .read_events(ordo_api::v1::ReadEventsRequest::default())
+                .await
+                .is_ok()
+        {
+            return Ok((server, std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ordo-server neither started nor exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Truncating the last segment anywhere keeps every frame before the cut, cuts the torn one
+/// off with a warning naming the file, and the log goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_journal_tail_is_cut_and_logged() {
+    const EVENTS: u64 = 12;
+    let (source, segment, frames) = journal_only_log(EVENTS).await;
+    let end = frames.last().expect("frames").1;
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut cuts: Vec<usize> = (0..5).map(|_| rng.random_range(0..end)).collect();
+    // A cut inside the very first header, one on a frame boundary, one just before the end.
+    cuts.extend([3, frames[5].1, end - 1]);
+    for cut in cuts {
+        let copy = tempfile::tempdir().expect("temp dir");
+        copy_dir(source.path(), copy.path());
+        let name = segment.file_name().expect("name");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join("journal").join(name))
+            .expect("open segment");
+        file.set_len(cut as u64).expect("truncate");
+        drop(file);
+
+        let whole = frames.iter().filter(|(_, e)| *e <= cut).count() as u64;
+        let torn = frames.iter().any(|(s, e)| *s < cut && cut < *e);
+        let (server, stderr) = start_and_report(copy.path())
+            .await
+            .unwrap_or_else(|log| panic!("cut at {cut}: the server refused to start: {log}"));
+        let mut client = EventServiceClient::new(connect(&server.url()).await);
+        let log = read_all(&mut client).await;
+        // sled may have applied (and written) frames past the cut: those stay too.
+        let head = log.len() as u64;
+        assert!(
+            head >= whole,
+            "cut at {cut}: every whole frame before it is kept"
+        );
+        assert_eq!(
+            offsets(&log),
+            (1..=head).collect::<Vec<_>>(),
+            "cut at {cut}: gapless"
+        );
+        for event in &log {
+            assert_eq!(event.id, format!("torn-{}", event.offset - 1));
+        }
+        if torn {
+            assert!(
+                stderr.contains("torn frame") && stderr.contains(name.to_str().expect("utf8")),
+                "cut at {cut}: the torn frame is logged with its file: {stderr}"
+            );
+        }
+        let next = client
+            .publish(publish_req(vec![new_event("torn", "test.after")]))
+            .await
+            .expect("publish after recovery")
+            .into_inner();
+        assert_eq!(next.positions[0].offset, head + 1, "cut at {cut}");
+        assert_eq!(next.positions[0].stream_version, head + 1);
+    }
+}
+
+/// A flipped byte in the middle of the journal (whole frames after it) refuses to start and
+/// names the file and byte; the same damage in the last frame is treated as a torn write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_journal_refuses_to_start_or_cuts_the_last_frame() {
+    const EVENTS: u64 = 8;
+    let (source, segment, frames) = journal_only_log(EVENTS).await;
+    let name = segment.file_name().expect("name").to_owned();
+    let flip = |dir: &Path, at: usize| {
+        let path = dir.join("journal").join(&name);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[at] ^= 0x55;
+        std::fs::write(&path, bytes).expect("write");
+    };
+
+    // Middle: frame 3's payload.
+    let copy = tempfile::tempdir().expect("temp dir");
+    copy_dir(source.path(), copy.path());
+    let (start, end) = frames[3];
+    flip(copy.path(), (start + end) / 2);
+    let stderr = match start_and_report(copy.path()).await {
+        Err(stderr) => stderr,
+        Ok((_, log)) => {
+            panic!("a corrupt frame followed by acknowledged ones must not start: {log}")
+        }
+    };
+    assert!(
+        stderr.contains("is corrupt at byte")
+            && stderr.contains(&start.to_string())
+            && stderr.contains(name.to_str().expect("utf8")),
+        "names the file and byte: {stderr}"
+    );
+    // Nothing was changed on disk: the journal still holds the damage for the operator.
+    let kept = std::fs::read(copy.path().join("journal").join(&name)).expect("read");
+    assert_eq!(kept.len(), std::fs::read(&segment).expect("read").len());
+
+    // Last frame: cut off like a torn write; the rest is there.
+    let copy = tempfile::tempdir().expect("temp dir");
+    copy_dir(source.path(), copy.path());
+    let (start, end) = frames[EVENTS as usize - 1];
+    flip(copy.path(), (start + end) / 2);
+    let (server, stderr) = start_and_report(copy.path())
+        .await
+        .expect("a damaged last frame is cut off");
+    assert!(stderr.contains("torn frame"), "{stderr}");
+    let mut client = EventServiceClient::new(connect(&server.url()).await);
+    let log = read_all(&mut client).await;
+    assert!(
+        log.len() as u64 >= EVENTS - 1,
+        "only the damaged frame may go"
+    );
+    assert_eq!(offsets(&log), (1..=log.len() as u64).collect::<Vec<_>>());
+}
