@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::read::READ_CHUNK_BYTES;
+use super::{pacer::Pacer, read::READ_CHUNK_BYTES};
 use crate::{
     auth::StreamAccess,
     error::OrdoError,
@@ -65,6 +65,8 @@ pub struct Subscription {
     /// The caller's token: a per-token stream slot, and revocation, which ends the stream
     /// with UNAUTHENTICATED.
     pub access: StreamAccess,
+    /// When many streams are open, live waits go through the paced head (see `pacer.rs`).
+    pub pacer: Pacer,
 }
 
 impl Subscription {
@@ -81,11 +83,13 @@ impl Subscription {
             shutdown: self.shutdown.clone(),
         };
         let mut head_rx = self.log.watch_head();
+        let mut paced_rx = self.pacer.paced();
         let mut next = self.first_offset;
         let mut caught_up = false;
         let mut last_beat = Instant::now();
         loop {
             let head = *head_rx.borrow_and_update();
+            paced_rx.borrow_and_update();
             while next <= head {
                 let events = match self.log.read_raw(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
                     Ok(events) if !events.is_empty() => events,
@@ -135,6 +139,11 @@ impl Subscription {
                 }
             }
             let beat_in = self.heartbeat.saturating_sub(last_beat.elapsed());
+            let watched = if self.pacer.crowded() {
+                &mut paced_rx
+            } else {
+                &mut head_rx
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     feed.end(next - 1).await;
@@ -148,7 +157,7 @@ impl Subscription {
                     feed.revoked(&self.access).await;
                     return;
                 }
-                changed = head_rx.changed() => {
+                changed = watched.changed() => {
                     if changed.is_err() {
                         feed.fail(OrdoError::Unavailable("the event log closed; reconnect".into())).await;
                         return;

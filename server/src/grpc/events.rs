@@ -16,6 +16,7 @@ use crate::{
     config::ServerConfig,
     error::{OrdoError, Refused},
     events::{
+        pacer::Pacer,
         position, publish, read,
         subscription::{Item, MIN_HEARTBEAT, Subscription},
     },
@@ -55,16 +56,21 @@ pub struct EventApi {
     log: SharedLog,
     config: ServerConfig,
     subscribers: Arc<Semaphore>,
+    pacer: Pacer,
     shutdown: CancellationToken,
 }
 
 impl EventApi {
+    /// Must be called within the runtime: it starts the fan-out pacer.
     pub fn new(log: SharedLog, config: ServerConfig, shutdown: CancellationToken) -> Self {
-        let subscribers = Arc::new(Semaphore::new(config.limits.max_subscribers));
+        let max = config.limits.max_subscribers;
+        let subscribers = Arc::new(Semaphore::new(max));
+        let pacer = Pacer::spawn(&log, subscribers.clone(), max, shutdown.clone());
         Self {
             log,
             config,
             subscribers,
+            pacer,
             shutdown,
         }
     }
@@ -104,6 +110,7 @@ impl EventService for EventApi {
             shutdown: self.shutdown.clone(),
             permit,
             access,
+            pacer: self.pacer.clone(),
         }
         .spawn();
         Ok(Response::new(Box::pin(stream.map(frame))))

@@ -16,6 +16,7 @@ use ordo_test_harness::api::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::Code;
 
+mod fanout;
 mod publish;
 mod read;
 mod shutdown;
