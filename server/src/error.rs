@@ -1,7 +1,7 @@
 //! Ordo's domain errors and the one place where they become gRPC statuses.
 //!
 //! Every refusal a caller can see is an [`OrdoError`]; `From<OrdoError> for Status` is the only
-//! code that builds a [`Status`]. So every status message is clipped the same way, every
+//! code that builds a [`Status`] (it counts refusals in [`crate::rejections`]). So every status message is clipped the same way, every
 //! security or abuse refusal is counted and logged the same way, and the mapping from domain
 //! to wire codes can be read in one match.
 
@@ -11,7 +11,7 @@ use thiserror::Error;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tracing::error;
 
-use crate::{auth::limits::Rejection, store::StoreError};
+use crate::{rejections::Rejection, store::StoreError};
 
 /// Who a refusal concerns, for the sampled rejection log: a token's *name* (never the token),
 /// the gRPC path and a few words of reason.

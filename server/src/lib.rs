@@ -25,7 +25,7 @@
 //!   durable cursors and POST each event.
 //! - **Where errors become statuses.** Every failure a caller can see is an
 //!   [`error::OrdoError`]; its `From<OrdoError> for tonic::Status` is the only place a status is
-//!   built, which clips messages and counts security refusals ([`auth::limits`]).
+//!   built, which clips messages and counts security refusals ([`rejections`]).
 //! - **Settings.** [`config::ServerConfig`] is plain data with working defaults; `main.rs`
 //!   fills it from flags, tests from code.
 
@@ -38,6 +38,7 @@ pub mod filter;
 pub mod grpc;
 pub mod orders;
 pub mod paging;
+pub mod rejections;
 pub mod server;
 pub mod store;
 pub mod validate;

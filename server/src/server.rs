@@ -182,7 +182,7 @@ async fn serve(
     hooks.join().await;
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
-    info!(rejections = ?crate::auth::limits::summary(), "rejections since start");
+    info!(rejections = ?crate::rejections::summary(), "rejections since start");
     served?;
     Ok(())
 }

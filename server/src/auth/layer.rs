@@ -18,8 +18,9 @@ use http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{Auth, Principal, Rejection, Scope, limits::TokenQuota};
+use super::{Auth, Principal, Scope, limits::TokenQuota};
 use crate::error::{OrdoError, Refused};
+use crate::rejections::Rejection;
 
 /// What a path needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

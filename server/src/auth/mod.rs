@@ -20,7 +20,6 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{info, warn};
 
 pub use layer::AuthLayer;
-pub use limits::Rejection;
 pub use tokens::{Grant, Scope, TokenSet, TokensError, hash_token};
 
 use crate::{

@@ -105,7 +105,7 @@ async fn open_subscriptions_are_capped_per_token() {
 #[tokio::test]
 async fn oversized_requests_are_refused_and_counted() {
     let server = TestServer::start_with(|cfg| cfg.limits.max_message_bytes = 1024).await;
-    let before = ordo_server::auth::Rejection::Oversized.count();
+    let before = ordo_server::rejections::Rejection::Oversized.count();
     let mut request = publish_request("big-1", "big.x");
     request.events[0].data = vec![0u8; 4096];
     let err = server
@@ -115,7 +115,7 @@ async fn oversized_requests_are_refused_and_counted() {
         .await
         .expect_err("over the limit");
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(ordo_server::auth::Rejection::Oversized.count() > before);
+    assert!(ordo_server::rejections::Rejection::Oversized.count() > before);
 }
 
 #[tokio::test]
