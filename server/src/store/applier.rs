@@ -31,10 +31,10 @@ pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const FLUSH_BYTES: usize = 32 * 1024 * 1024;
 /// Frames applied to sled in one batch at most.
 const MAX_APPLY: usize = 1024;
-/// How long frames gather before they are applied. Every sled batch seals an I/O buffer and
-/// costs a `pwrite` + `sync_file_range` on sled's I/O threads: applied per group commit, that is
-/// hundreds of syncs a second competing with the journal's fdatasync on the same disk. Batching
-/// 20 ms of frames makes it tens.
+/// How long frames gather before they are applied (the applier sleeps, then drains). Every sled
+/// batch seals an I/O buffer and costs a `pwrite` + `sync_file_range` on sled's I/O threads:
+/// applied per group commit, that is hundreds of syncs a second competing with the journal's
+/// fdatasync on the same disk. Batching 20 ms of frames makes it tens.
 const APPLY_EVERY: Duration = Duration::from_millis(20);
 /// Frames the writer may be ahead of sled before its appends wait (backpressure)...
 pub const QUEUE_FRAMES: usize = 4096;
@@ -117,11 +117,12 @@ impl Applier {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(first) = first {
-                let gather_until = Instant::now() + APPLY_EVERY;
+                // Sleep rather than wait on the channel: a wait would wake this thread for
+                // every frame the writer hands over, on the cores the writer needs.
+                std::thread::sleep(APPLY_EVERY);
                 let mut jobs = vec![first];
                 while jobs.len() < MAX_APPLY {
-                    let wait = gather_until.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(wait) {
+                    match rx.try_recv() {
                         Ok(job) => jobs.push(job),
                         Err(_) => break,
                     }
