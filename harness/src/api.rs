@@ -236,3 +236,34 @@ pub fn offsets(events: &[Event]) -> Vec<u64> {
 pub fn position_offsets(positions: &[EventPosition]) -> Vec<u64> {
     positions.iter().map(|p| p.offset).collect()
 }
+
+/// What a crash must not break, checked on the whole log read back after a restart: offsets
+/// run 1..=head with no gap, every acknowledged position holds the event it was acknowledged
+/// for, every event is stored once, and each stream's versions count up in offset order.
+pub fn assert_log_holds(log: &[Event], acknowledged: &[EventPosition]) {
+    assert_eq!(
+        offsets(log),
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "offsets are gapless 1..=head"
+    );
+    for position in acknowledged {
+        let event = log
+            .get((position.offset.max(1) - 1) as usize)
+            .unwrap_or_else(|| panic!("acknowledged offset {} lost", position.offset));
+        assert_eq!(event.id, position.id, "acknowledged event lost or moved");
+        assert_eq!(event.stream_id, position.stream_id);
+        assert_eq!(event.stream_version, position.stream_version);
+    }
+    let ids: std::collections::HashSet<&str> = log.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), log.len(), "every event is stored once");
+    let mut versions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for event in log {
+        let version = versions.entry(event.stream_id.as_str()).or_default();
+        *version += 1;
+        assert_eq!(
+            event.stream_version, *version,
+            "stream {} versions count up in offset order",
+            event.stream_id
+        );
+    }
+}
