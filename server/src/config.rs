@@ -104,6 +104,13 @@ pub struct Limits {
     pub append_rate_per_token: u32,
     /// Append calls a token may make at once before the rate applies.
     pub append_burst_per_token: u32,
+    /// Events one AppendStream may have unanswered (received, not yet acked or rejected): the
+    /// server stops reading the stream while this many are in flight, so a producer that does
+    /// not read its acks holds at most this many events' worth of server memory.
+    pub append_stream_window: usize,
+    /// Bytes of events one AppendStream may have unanswered, whatever their count: with 1 MiB
+    /// payloads, the count alone would allow a gigabyte per stream.
+    pub append_stream_window_bytes: usize,
     /// Longest a call may take to answer (a Subscribe stream's headers, not its life);
     /// `None` = no limit.
     pub request_timeout: Option<Duration>,
@@ -122,6 +129,8 @@ impl Default for Limits {
             max_subscriptions_per_token: 256,
             append_rate_per_token: 5_000,
             append_burst_per_token: 10_000,
+            append_stream_window: 1000,
+            append_stream_window_bytes: 16 * 1024 * 1024,
             request_timeout: Some(Duration::from_secs(30)),
         }
     }

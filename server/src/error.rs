@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use ordo_api::v1::AppendRejected;
 use thiserror::Error;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tracing::error;
@@ -142,6 +143,20 @@ impl OrdoError {
             | OrdoError::TokenStreamCap { .. }
             | OrdoError::SubscriberCap { .. } => Code::ResourceExhausted,
             OrdoError::Timeout { .. } => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl OrdoError {
+    /// An AppendStream's refusal of one event: the code and message a Publish of that event
+    /// alone would end with, clipped and counted exactly the same way (it goes through the
+    /// conversion below), but sent as a message so that the stream goes on.
+    pub fn into_rejection(self, client_seq: u64) -> AppendRejected {
+        let status = Status::from(self);
+        AppendRejected {
+            client_seq,
+            code: status.code() as i32,
+            message: status.message().to_string(),
         }
     }
 }

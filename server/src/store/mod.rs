@@ -126,11 +126,20 @@ pub enum AppendOutcome {
 /// object-safe and the server can hold an `Arc<dyn EventLog>`.
 pub type AppendFuture = Pin<Box<dyn Future<Output = Result<AppendOutcome, StoreError>> + Send>>;
 
+/// Resolves once a batch is in the writer's queue, to the future of its outcome. Splitting the
+/// two lets one task queue many batches in a known order and await their outcomes afterwards
+/// (`AppendStream` pipelines its events this way and still stores them in send order).
+pub type EnqueueFuture = Pin<Box<dyn Future<Output = Result<AppendFuture, StoreError>> + Send>>;
+
 /// The storage interface the gRPC layer depends on.
 pub trait EventLog: Send + Sync + 'static {
     /// Queues a batch for the next group commit; waits for room when the queue is full, which is
     /// the backpressure on producers.
     fn append(&self, batch: AppendBatch) -> AppendFuture;
+    /// Queues a batch like [`EventLog::append`], but resolves as soon as it is queued. Batches
+    /// whose `enqueue` futures completed one after another commit in that order; each batch is
+    /// still validated and committed (or rejected) on its own.
+    fn enqueue(&self, batch: AppendBatch) -> EnqueueFuture;
     /// Events with `from <= offset <= head` in offset order: at most `max` of them, and no more
     /// once `max_bytes` of encoded events have been read (but always at least one if any), so a
     /// reader's memory stays bounded whatever the payload sizes.
