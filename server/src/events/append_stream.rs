@@ -3,18 +3,20 @@
 //!
 //! Two tasks per stream. The *reader* takes requests in order, checks each one (token
 //! prefixes, then the same validation as Publish) and queues it in the log with
-//! [`EventLog::enqueue`](crate::store::EventLog::enqueue), which returns as soon as the event is
-//! in the writer's queue: events are therefore committed in send order while many of them wait
-//! for the same group commit. The *answerer* awaits each event's outcome in that same order and
-//! sends its ack or rejection. Each event is its own `AppendBatch`, so a version conflict or a
-//! bad event refuses only that event; the writer still folds many of them into one fdatasync.
+//! [`EventLog::enqueue_many`](crate::store::EventLog::enqueue_many), which returns as soon as
+//! the events are in the writer's queue: events are therefore committed in send order while
+//! many of them wait for the same group commit. Events that have already arrived when the
+//! reader looks are queued together (one queue entry, one reply), which is what makes a stream
+//! of single events as cheap as a batch. The *answerer* awaits the outcomes in that same order
+//! and sends each event's ack or rejection. Each event is still its own `AppendBatch`, so a
+//! version conflict or a duplicate id refuses or deduplicates only that event.
 //!
 //! Flow control: the reader holds a permit per unanswered event (and per byte of it) and stops
 //! reading when the window is used up; HTTP/2 flow control then stops the client. The answerer
 //! gives a permit back only once its answer is in the bounded response channel, so a client
 //! that stops reading acks stalls the reader instead of growing memory.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{pin::Pin, sync::Arc, task::Poll, time::SystemTime};
 
 use ordo_api::v1::{
     AppendAck, AppendStreamRequest, AppendStreamResponse, AppendWindow,
@@ -30,7 +32,7 @@ use crate::{
     config::Limits,
     error::{OrdoError, Refused},
     events::publish::{check, to_event, to_wire},
-    store::{AppendBatch, AppendFuture, AppendOutcome, SharedLog, StoreError},
+    store::{AppendBatch, AppendOutcome, OutcomesFuture, SharedLog, StoreError},
 };
 
 pub const APPEND_STREAM_PATH: &str = "/ordo.v1.EventService/AppendStream";
@@ -48,27 +50,42 @@ pub struct AppendStream {
     pub shutdown: CancellationToken,
 }
 
-/// An event the reader has taken and the answerer has not answered yet.
+/// Events the reader took together (whatever had arrived when it looked) and the answerer has
+/// not answered yet.
+#[derive(Default)]
 struct InFlight {
-    client_seq: u64,
-    outcome: Outcome,
-    /// Given back once the answer is queued for the client.
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    /// Each event's `client_seq`, and its refusal if it never reached the log. The others have
+    /// one batch each in `queued`, in the same order.
+    events: Vec<(u64, Option<OrdoError>)>,
+    batches: Vec<AppendBatch>,
+    queued: Option<OutcomesFuture>,
+    /// Given back once the answers are queued for the client.
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
-enum Outcome {
-    /// Refused before reaching the log.
-    Rejected(OrdoError),
-    /// Queued in the log; resolves once durable or refused there.
-    Queued(AppendFuture),
+impl InFlight {
+    fn take(&mut self, stream: &AppendStream, request: AppendStreamRequest) {
+        let client_seq = request.client_seq;
+        match stream.prepare(request) {
+            Ok(batch) => {
+                self.batches.push(batch);
+                self.events.push((client_seq, None));
+            }
+            Err(err) => self.events.push((client_seq, Some(err))),
+        }
+    }
 }
 
 /// What the reader hands to the answerer, in order.
 enum Item {
-    Event(InFlight),
+    Events(InFlight),
     /// The reader stopped for this reason: answer what is in flight, then end the stream with it.
     End(OrdoError),
 }
+
+/// Most events queued in the log as one entry: enough to amortise the queue and the wake-ups,
+/// small enough that the first of them is not held back.
+const MAX_TAKEN_TOGETHER: usize = 256;
 
 impl AppendStream {
     /// Starts the stream's tasks. The first answer is the window; the stream ends when the client
@@ -101,45 +118,81 @@ impl AppendStream {
             .append_stream_window_bytes
             .clamp(1, Semaphore::MAX_PERMITS) as u32;
         let bytes = Arc::new(Semaphore::new(budget as usize));
+        // A request read while the byte budget was used up by its own group: it starts the next.
+        let mut carried: Option<(AppendStreamRequest, OwnedSemaphorePermit)> = None;
         loop {
-            // Room in the window before reading on: while it is full, requests stay unread.
-            let permit = tokio::select! {
+            let mut group = InFlight::default();
+            let (first, permit) = match carried.take() {
+                Some(carried) => carried,
+                None => {
+                    // Room in the window before reading on: while it is full, requests stay
+                    // unread and HTTP/2 flow control holds the client.
+                    let permit = tokio::select! {
+                        biased;
+                        end = self.stopped() => return send_end(&queue, end).await,
+                        permit = count.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                    };
+                    let request = tokio::select! {
+                        biased;
+                        end = self.stopped() => return send_end(&queue, end).await,
+                        request = requests.next() => match request {
+                            // Half-closed by the client, or broken: answer what is in flight.
+                            None | Some(Err(_)) => return,
+                            Some(Ok(request)) => request,
+                        },
+                    };
+                    (request, permit)
+                }
+            };
+            let size = (first.encoded_len() as u32).clamp(1, budget);
+            let byte_permit = tokio::select! {
                 biased;
                 end = self.stopped() => return send_end(&queue, end).await,
-                permit = count.clone().acquire_owned() => match permit {
+                permit = bytes.clone().acquire_many_owned(size) => match permit {
                     Ok(permit) => permit,
                     Err(_) => return,
                 },
             };
-            let request = tokio::select! {
-                biased;
-                end = self.stopped() => return send_end(&queue, end).await,
-                request = requests.next() => match request {
-                    // Half-closed by the client, or broken: answer what is in flight and end.
-                    None | Some(Err(_)) => return,
-                    Some(Ok(request)) => request,
-                },
-            };
-            let size = (request.encoded_len() as u32).clamp(1, budget);
-            let byte_permit = tokio::select! {
-                biased;
-                end = self.stopped() => return send_end(&queue, end).await,
-                permit = bytes.clone().acquire_many_owned(size) => permit.ok(),
-            };
-            let client_seq = request.client_seq;
-            let (outcome, closed) = match self.prepare(request) {
-                Err(err) => (Outcome::Rejected(err), false),
-                Ok(batch) => match self.log.enqueue(batch).await {
-                    Ok(reply) => (Outcome::Queued(reply), false),
-                    Err(err) => (Outcome::Rejected(err.into()), true),
-                },
-            };
-            let item = Item::Event(InFlight {
-                client_seq,
-                outcome,
-                _permits: (permit, byte_permit),
-            });
-            if queue.send(item).await.is_err() {
+            group.permits.extend([permit, byte_permit]);
+            group.take(&self, first);
+            // Whatever else has already arrived joins this group, without waiting for more.
+            let mut ended = false;
+            while group.events.len() < MAX_TAKEN_TOGETHER {
+                let Ok(permit) = count.clone().try_acquire_owned() else {
+                    break;
+                };
+                let request = match ready(&mut requests).await {
+                    None => break,
+                    Some(Some(Ok(request))) => request,
+                    Some(None | Some(Err(_))) => {
+                        ended = true;
+                        break;
+                    }
+                };
+                let size = (request.encoded_len() as u32).clamp(1, budget);
+                match bytes.clone().try_acquire_many_owned(size) {
+                    Ok(byte_permit) => {
+                        group.permits.extend([permit, byte_permit]);
+                        group.take(&self, request);
+                    }
+                    Err(_) => {
+                        carried = Some((request, permit));
+                        break;
+                    }
+                }
+            }
+            let mut closed = false;
+            if !group.batches.is_empty() {
+                let batches = std::mem::take(&mut group.batches);
+                match self.log.enqueue_many(batches).await {
+                    Ok(outcomes) => group.queued = Some(outcomes),
+                    Err(_) => closed = true,
+                }
+            }
+            if queue.send(Item::Events(group)).await.is_err() {
                 return;
             }
             if closed {
@@ -147,6 +200,9 @@ impl AppendStream {
                     "the event log is closed (the server is stopping); reconnect and resend the unacknowledged events with the same ids".into(),
                 );
                 return send_end(&queue, end).await;
+            }
+            if ended {
+                return;
             }
         }
     }
@@ -199,6 +255,21 @@ async fn send_end(queue: &mpsc::Sender<Item>, end: OrdoError) {
     let _ = queue.send(Item::End(end)).await;
 }
 
+/// The next request if one has already arrived: `None` when none is ready now, `Some(None)` when
+/// the stream ended.
+async fn ready<S, E>(requests: &mut S) -> Option<Option<Result<AppendStreamRequest, E>>>
+where
+    S: Stream<Item = Result<AppendStreamRequest, E>> + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *requests).poll_next(cx) {
+            Poll::Ready(next) => Some(next),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// Answers events in the order the reader took them.
 async fn answer(
     hello: AppendStreamResponse,
@@ -209,32 +280,51 @@ async fn answer(
         return;
     }
     while let Some(item) = in_flight.recv().await {
-        let event = match item {
-            Item::Event(event) => event,
+        let group = match item {
+            Item::Events(group) => group,
             Item::End(err) => {
                 let _ = out.send(Err(err)).await;
                 return;
             }
         };
-        let result = match event.outcome {
-            Outcome::Rejected(err) => Err(err),
-            Outcome::Queued(reply) => reply.await.map_err(OrdoError::from),
+        let mut outcomes = match group.queued {
+            None => Ok(Vec::new().into_iter()),
+            Some(queued) => queued.await.map(Vec::into_iter),
         };
-        let message = match result.and_then(single_position) {
-            Ok((position, deduplicated)) => Message::Ack(AppendAck {
-                client_seq: event.client_seq,
-                position: Some(to_wire(position)),
-                deduplicated,
-            }),
-            Err(err) => Message::Rejected(err.into_rejection(event.client_seq)),
-        };
-        let response = AppendStreamResponse {
-            message: Some(message),
-        };
-        // The client stopped listening: nothing to answer, but keep draining so the events
-        // already queued in the log are awaited rather than abandoned mid-flight.
-        let _ = out.send(Ok(response)).await;
+        for (client_seq, refused) in group.events {
+            let result = match (refused, &mut outcomes) {
+                (Some(err), _) => Err(err),
+                (None, Ok(outcomes)) => match outcomes.next() {
+                    Some(outcome) => outcome.map_err(OrdoError::from),
+                    None => Err(missing()),
+                },
+                // The log closed before answering: none of these is known to be stored.
+                (None, Err(_)) => Err(OrdoError::Store(StoreError::Closed)),
+            };
+            let message = match result.and_then(single_position) {
+                Ok((position, deduplicated)) => Message::Ack(AppendAck {
+                    client_seq,
+                    position: Some(to_wire(position)),
+                    deduplicated,
+                }),
+                Err(err) => Message::Rejected(err.into_rejection(client_seq)),
+            };
+            let response = AppendStreamResponse {
+                message: Some(message),
+            };
+            // The client stopped listening: nothing to answer, but keep draining so the events
+            // already queued in the log are awaited rather than abandoned mid-flight.
+            let _ = out.send(Ok(response)).await;
+        }
+        drop(group.permits);
     }
+}
+
+fn missing() -> OrdoError {
+    OrdoError::Store(StoreError::Corrupt {
+        what: "append outcome".into(),
+        detail: "the log answered fewer appends than it was given".into(),
+    })
 }
 
 /// The position of a one-event append, and whether it was already stored.
