@@ -99,8 +99,9 @@ pub struct Limits {
     pub max_concurrent_streams_per_connection: u32,
     /// Open Subscribe streams per token, so one client cannot take every subscriber slot.
     pub max_subscriptions_per_token: usize,
-    /// Append calls (Publish, CreateOrder, UpdateOrderStatus, CancelOrder) per second per
-    /// token, sustained; 0 = unlimited. Not applied in dev mode (no tokens).
+    /// Append calls (Publish, CreateOrder, UpdateOrderStatus, CancelOrder, and opening an
+    /// AppendStream) per second per token, sustained; 0 = unlimited. Not applied in dev mode
+    /// (no tokens).
     pub append_rate_per_token: u32,
     /// Append calls a token may make at once before the rate applies.
     pub append_burst_per_token: u32,
