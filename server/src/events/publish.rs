@@ -90,8 +90,8 @@ pub async fn publish(
 /// Validates one event; `at` names it in messages (`events[3]` in a Publish, `event` in an
 /// AppendStream request).
 pub(crate) fn check(at: &str, new: &NewEvent, limits: &Limits) -> Result<(), OrdoError> {
-    validate::name(&format!("{at}.stream_id"), &new.stream_id)?;
-    validate::name(&format!("{at}.type"), &new.r#type)?;
+    validate::name("stream_id", &new.stream_id).map_err(|e| within(at, e))?;
+    validate::name("type", &new.r#type).map_err(|e| within(at, e))?;
     if new.stream_id.starts_with(RESERVED_STREAM_PREFIX) {
         return Err(OrdoError::invalid(format!(
             "{at}.stream_id {:?} is reserved for OrderService (streams starting with {RESERVED_STREAM_PREFIX:?}); use OrderService or another stream id",
@@ -105,20 +105,17 @@ pub(crate) fn check(at: &str, new: &NewEvent, limits: &Limits) -> Result<(), Ord
         )));
     }
     if !new.id.is_empty() {
-        validate::name(&format!("{at}.id"), &new.id)?;
+        validate::name("id", &new.id).map_err(|e| within(at, e))?;
     }
+    validate::text("source", &new.source, validate::MAX_NAME_LEN, false)
+        .map_err(|e| within(at, e))?;
     validate::text(
-        &format!("{at}.source"),
-        &new.source,
-        validate::MAX_NAME_LEN,
-        false,
-    )?;
-    validate::text(
-        &format!("{at}.datacontenttype"),
+        "datacontenttype",
         &new.datacontenttype,
         validate::MAX_NAME_LEN,
         false,
-    )?;
+    )
+    .map_err(|e| within(at, e))?;
     if new.data.len() > limits.max_payload_bytes {
         return Err(OrdoError::invalid(format!(
             "{at}.data is {} bytes; the limit (max_payload_bytes) is {}",
@@ -148,6 +145,18 @@ pub(crate) fn check(at: &str, new: &NewEvent, limits: &Limits) -> Result<(), Ord
         )?;
     }
     Ok(())
+}
+
+/// A field's error, named within its event (`events[3].type ...`). The field names are joined
+/// only on error: building them for every field of every event cost an allocation each on the
+/// hot path of AppendStream.
+fn within(at: &str, err: OrdoError) -> OrdoError {
+    match err {
+        OrdoError::InvalidArgument(message) => {
+            OrdoError::InvalidArgument(format!("{at}.{message}"))
+        }
+        other => other,
+    }
 }
 
 pub(crate) fn to_event(new: NewEvent, now: SystemTime) -> Event {

@@ -1,7 +1,8 @@
 //! AppendStream, black-box: acks in send order with their positions, the log in send order,
 //! per-event rejections that leave the stream open and store nothing, idempotent resend by id,
-//! per-event token prefixes, a producer that stops reading acks held by the window (server
-//! memory measured on the real binary), and kill -9 mid-stream followed by a resend.
+//! per-event token prefixes, graceful shutdown, a producer that stops reading acks held by the
+//! window (server memory measured on the real binary), and kill -9 mid-stream followed by a
+//! resend.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -291,6 +292,34 @@ async fn token_prefixes_are_checked_per_event() {
     );
     assert!(denied.message.contains("payment.sneaky"), "{denied:?}");
     assert_eq!(producer.ack().await.client_seq, 3);
+}
+
+/// Graceful shutdown answers what was sent, then ends the stream with UNAVAILABLE (resend the
+/// rest after reconnecting) instead of cutting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_what_was_sent_then_ends_with_unavailable() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let mut producer = open(&mut events, None, 16).await;
+    for seq in 1..=10 {
+        producer
+            .send(
+                new_event_with_id("s-down", "test.x", &format!("d-{seq}")),
+                seq,
+            )
+            .await;
+    }
+    for seq in 1..=10 {
+        assert_eq!(producer.ack().await.client_seq, seq);
+    }
+    let stopping = tokio::spawn(server.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), producer.answers.message())
+        .await
+        .expect("the stream ends promptly");
+    let status = end.expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("resend"), "{status:?}");
+    stopping.await.expect("server stopped");
 }
 
 /// Resident memory of a process, in KiB.
