@@ -89,6 +89,13 @@ pub enum OrdoError {
         .refused.token
     )]
     Revoked { refused: Refused },
+    /// A client-streaming call's request stream broke mid-call (e.g. a message over
+    /// max_message_bytes, or one that does not decode): the answers already sent stand, the rest
+    /// of the stream was not read.
+    #[error(
+        "the request stream broke after the events answered so far: {message}; resend the unanswered events on a new stream"
+    )]
+    RequestStream { code: Code, message: String },
     /// The call took longer than the server's request timeout to answer.
     #[error(
         "the call took longer than the server's request timeout of {} ms",
@@ -100,6 +107,19 @@ pub enum OrdoError {
 impl OrdoError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())
+    }
+
+    /// The error a broken request stream ends its call with. tonic reports an undecodable
+    /// message as INTERNAL, but it is the client's: that becomes INVALID_ARGUMENT.
+    pub fn request_stream(status: &Status) -> Self {
+        let code = match status.code() {
+            Code::Internal | Code::Unknown => Code::InvalidArgument,
+            code => code,
+        };
+        Self::RequestStream {
+            code,
+            message: status.message().to_string(),
+        }
     }
 
     /// The rejection counter this error counts against, and for whom: security and abuse
@@ -143,6 +163,7 @@ impl OrdoError {
             | OrdoError::TokenStreamCap { .. }
             | OrdoError::SubscriberCap { .. } => Code::ResourceExhausted,
             OrdoError::Timeout { .. } => Code::DeadlineExceeded,
+            OrdoError::RequestStream { code, .. } => *code,
         }
     }
 }

@@ -90,10 +90,9 @@ const MAX_TAKEN_TOGETHER: usize = 256;
 impl AppendStream {
     /// Starts the stream's tasks. The first answer is the window; the stream ends when the client
     /// half-closes (after every event is answered), or with an error on shutdown or revocation.
-    pub fn spawn<S, E>(self, requests: S) -> ReceiverStream<Result<AppendStreamResponse, OrdoError>>
+    pub fn spawn<S>(self, requests: S) -> ReceiverStream<Result<AppendStreamResponse, OrdoError>>
     where
-        S: Stream<Item = Result<AppendStreamRequest, E>> + Send + Unpin + 'static,
-        E: Send + 'static,
+        S: Stream<Item = Result<AppendStreamRequest, OrdoError>> + Send + Unpin + 'static,
     {
         let window = self.limits.append_stream_window.max(1);
         let (out, answers) = mpsc::channel(ANSWER_BUFFER);
@@ -108,9 +107,9 @@ impl AppendStream {
         ReceiverStream::new(answers)
     }
 
-    async fn read<S, E>(self, mut requests: S, queue: mpsc::Sender<Item>, window: usize)
+    async fn read<S>(self, mut requests: S, queue: mpsc::Sender<Item>, window: usize)
     where
-        S: Stream<Item = Result<AppendStreamRequest, E>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<AppendStreamRequest, OrdoError>> + Send + Unpin + 'static,
     {
         let count = Arc::new(Semaphore::new(window));
         let budget = self
@@ -139,8 +138,11 @@ impl AppendStream {
                         biased;
                         end = self.stopped() => return send_end(&queue, end).await,
                         request = requests.next() => match request {
-                            // Half-closed by the client, or broken: answer what is in flight.
-                            None | Some(Err(_)) => return,
+                            // Half-closed by the client: answer what is in flight and end.
+                            None => return,
+                            // Broken (an oversized or undecodable message, or the client went
+                            // away): answer what is in flight, then end with why.
+                            Some(Err(err)) => return send_end(&queue, err).await,
                             Some(Ok(request)) => request,
                         },
                     };
@@ -159,7 +161,7 @@ impl AppendStream {
             group.permits.extend([permit, byte_permit]);
             group.take(&self, first);
             // Whatever else has already arrived joins this group, without waiting for more.
-            let mut ended = false;
+            let mut ended: Option<Option<OrdoError>> = None;
             while group.events.len() < MAX_TAKEN_TOGETHER {
                 let Ok(permit) = count.clone().try_acquire_owned() else {
                     break;
@@ -167,8 +169,12 @@ impl AppendStream {
                 let request = match ready(&mut requests).await {
                     None => break,
                     Some(Some(Ok(request))) => request,
-                    Some(None | Some(Err(_))) => {
-                        ended = true;
+                    Some(None) => {
+                        ended = Some(None);
+                        break;
+                    }
+                    Some(Some(Err(err))) => {
+                        ended = Some(Some(err));
                         break;
                     }
                 };
@@ -201,8 +207,10 @@ impl AppendStream {
                 );
                 return send_end(&queue, end).await;
             }
-            if ended {
-                return;
+            match ended {
+                None => {}
+                Some(None) => return,
+                Some(Some(err)) => return send_end(&queue, err).await,
             }
         }
     }
@@ -257,9 +265,9 @@ async fn send_end(queue: &mpsc::Sender<Item>, end: OrdoError) {
 
 /// The next request if one has already arrived: `None` when none is ready now, `Some(None)` when
 /// the stream ended.
-async fn ready<S, E>(requests: &mut S) -> Option<Option<Result<AppendStreamRequest, E>>>
+async fn ready<S>(requests: &mut S) -> Option<Option<Result<AppendStreamRequest, OrdoError>>>
 where
-    S: Stream<Item = Result<AppendStreamRequest, E>> + Unpin,
+    S: Stream<Item = Result<AppendStreamRequest, OrdoError>> + Unpin,
 {
     std::future::poll_fn(|cx| {
         Poll::Ready(match Pin::new(&mut *requests).poll_next(cx) {

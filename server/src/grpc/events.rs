@@ -164,7 +164,11 @@ impl EventService for EventApi {
             access,
             shutdown: self.shutdown.clone(),
         }
-        .spawn(request.into_inner());
+        .spawn(
+            request
+                .into_inner()
+                .map(|request| request.map_err(|status| OrdoError::request_stream(&status))),
+        );
         Ok(Response::new(Box::pin(
             answers.map(|answer| answer.map_err(Status::from)),
         )))

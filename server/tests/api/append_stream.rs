@@ -294,6 +294,27 @@ async fn token_prefixes_are_checked_per_event() {
     assert_eq!(producer.ack().await.client_seq, 3);
 }
 
+/// A message too large to decode breaks the request stream: the events before it are answered,
+/// then the stream ends with tonic's OUT_OF_RANGE and a message saying to resend the rest, never
+/// a clean end that would hide the unanswered events.
+#[tokio::test]
+async fn an_oversized_message_ends_the_stream_with_an_error_after_earlier_acks() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let mut producer = open(&mut events, None, 16).await;
+    producer.send(new_event("s-big", "test.ok"), 1).await;
+    producer.send(sized("s-big", 5 * 1024 * 1024), 2).await;
+    producer.send(new_event("s-big", "test.ok"), 3).await;
+    assert_eq!(producer.ack().await.client_seq, 1);
+    let end = tokio::time::timeout(Duration::from_secs(10), producer.answers.message())
+        .await
+        .expect("the stream ends promptly");
+    let status = end.expect_err("ends with a status, not cleanly");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("resend"), "{status:?}");
+    assert_eq!(head(&mut events).await, 1);
+}
+
 /// Graceful shutdown answers what was sent, then ends the stream with UNAVAILABLE (resend the
 /// rest after reconnecting) instead of cutting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
