@@ -15,12 +15,12 @@ use std::{
 };
 
 use ordo_api::v1::{
-    EventPosition, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
-    SubscribeRequest, SubscribeResponse,
+    AppendStreamRequest, AppendStreamResponse, EventPosition, PublishRequest, PublishResponse,
+    ReadEventsRequest, ReadEventsResponse, SubscribeRequest, SubscribeResponse,
     event_service_server::{EventService, EventServiceServer},
 };
 use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     report::Row,
@@ -34,6 +34,7 @@ struct Echo;
 #[tonic::async_trait]
 impl EventService for Echo {
     type SubscribeStream = tokio_stream::Empty<Result<SubscribeResponse, Status>>;
+    type AppendStreamStream = tokio_stream::Empty<Result<AppendStreamResponse, Status>>;
 
     async fn subscribe(
         &self,
@@ -48,6 +49,15 @@ impl EventService for Echo {
         &self,
         _: Request<ReadEventsRequest>,
     ) -> Result<Response<ReadEventsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the ceiling server only echoes Publish",
+        ))
+    }
+
+    async fn append_stream(
+        &self,
+        _: Request<Streaming<AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
         Err(Status::unimplemented(
             "the ceiling server only echoes Publish",
         ))

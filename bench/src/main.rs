@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench all --quick --json"
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench all --quick --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -77,6 +77,14 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value_t = 100)]
         batch: usize,
+    },
+    /// AppendStream: S streams (one connection each), each with up to W events in flight and a
+    /// durable ack per event: events/s and ack latency.
+    AppendStream {
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        streams: Vec<usize>,
+        #[arg(long, default_value_t = 1000)]
+        window: usize,
     },
     /// Producer at a fixed rate, K live subscribers: send-to-receipt latency.
     E2e {
@@ -151,6 +159,13 @@ async fn main() -> anyhow::Result<()> {
             let (_owned, channel) = target(g).await?;
             emit(&scenarios::append_batch(&channel, *clients, *batch, duration).await?);
         }
+        Scenario::AppendStream { streams, window } => {
+            let (owned, _channel) = target(g).await?;
+            let addr = address(g, owned.as_ref());
+            for &s in streams {
+                emit(&scenarios::append_stream(&addr, s, *window, duration).await?);
+            }
+        }
         Scenario::E2e { rate, subscribers } => {
             let (_owned, channel) = target(g).await?;
             for &r in rate {
@@ -205,6 +220,10 @@ async fn main() -> anyhow::Result<()> {
                     emit(&row);
                 }
                 emit(&scenarios::append_batch(&channel, 4, 100, batch_dur).await?);
+                let addr = address(g, _owned.as_ref());
+                for streams in [1, 16] {
+                    emit(&scenarios::append_stream(&addr, streams, 1000, batch_dur).await?);
+                }
                 for rate in [1000, 10_000] {
                     emit(
                         &scenarios::e2e(std::slice::from_ref(&channel), rate, 1, run, "e2e")
@@ -278,6 +297,14 @@ async fn target(g: &Global) -> anyhow::Result<(Option<OwnedServer>, Channel)> {
             Ok((Some(server), channel))
         }
     }
+}
+
+/// The address of the bench's own server, or of `--addr`.
+fn address(g: &Global, owned: Option<&OwnedServer>) -> String {
+    owned
+        .map(|s| s.addr.clone())
+        .or_else(|| g.addr.clone())
+        .unwrap_or_default()
 }
 
 async fn fill(channel: &Channel, events: u64) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! so the numbers are the product's.
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,8 +12,9 @@ use std::{
 
 use anyhow::Context;
 use ordo_api::v1::{
-    CreateOrderRequest, EventFilter, LineItem, Money, NewEvent, PublishRequest, StartPosition,
-    SubscribeRequest, event_service_client::EventServiceClient,
+    AppendStreamRequest, CreateOrderRequest, EventFilter, LineItem, Money, NewEvent,
+    PublishRequest, StartPosition, SubscribeRequest,
+    append_stream_response::Message as AnswerMessage, event_service_client::EventServiceClient,
     order_service_client::OrderServiceClient, start_position::Position,
     subscribe_response::Message,
 };
@@ -419,4 +421,109 @@ mod light {
             .await?
             .into_inner())
     }
+}
+
+/// `streams` AppendStreams, each on its own connection, each keeping up to `window` events in
+/// flight (less if the server advertises less) for `duration`: events per second, and each
+/// event's ack latency from the moment it was handed to the stream to its durable ack. Events
+/// carry no id (like the other append scenarios), so the server skips its id index.
+pub async fn append_stream(
+    addr: &str,
+    streams: usize,
+    window: usize,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let mut channels = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        channels.push(connect(addr).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = JoinSet::new();
+    for (worker, channel) in channels.into_iter().enumerate() {
+        workers.spawn(one_append_stream(channel, worker, window, deadline));
+    }
+    let samples = collect(workers).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let lat = Latencies::merge(samples);
+    let rate = lat.count() as f64 / elapsed;
+    Ok(Row::new(
+        "append-stream",
+        format!("streams={streams} window={window}"),
+        rate,
+        "events",
+    )
+    .latencies(&lat))
+}
+
+async fn one_append_stream(
+    channel: Channel,
+    worker: usize,
+    window: usize,
+    deadline: Instant,
+) -> anyhow::Result<Vec<u32>> {
+    let mut events = EventServiceClient::new(channel);
+    let (requests, rx) = tokio::sync::mpsc::channel(window.clamp(1, 1024));
+    let mut answers = events
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let window = match answers.message().await?.and_then(|r| r.message) {
+        Some(AnswerMessage::Window(w)) => window.min(w.max_in_flight as usize).max(1),
+        other => anyhow::bail!("expected the window first, got {other:?}"),
+    };
+    let room = Arc::new(tokio::sync::Semaphore::new(window));
+    let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(window)));
+    let sender = {
+        let room = room.clone();
+        let sent_at = sent_at.clone();
+        tokio::spawn(async move {
+            let payload = vec![b'x'; PAYLOAD];
+            let stream_id = format!("bench-stream-{worker}");
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                room.acquire().await?.forget();
+                seq += 1;
+                let request = AppendStreamRequest {
+                    event: Some(NewEvent {
+                        stream_id: stream_id.clone(),
+                        r#type: "bench.event".into(),
+                        datacontenttype: "application/octet-stream".into(),
+                        data: payload.clone(),
+                        ..Default::default()
+                    }),
+                    client_seq: seq,
+                };
+                sent_at
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push_back(Instant::now());
+                if requests.send(request).await.is_err() {
+                    anyhow::bail!("the append stream closed early");
+                }
+            }
+            // Dropping `requests` half-closes the stream: the server answers the rest and ends.
+            anyhow::Ok(())
+        })
+    };
+    let mut samples = Vec::new();
+    while let Some(answer) = answers.message().await? {
+        match answer.message {
+            Some(AnswerMessage::Ack(_)) => {}
+            Some(AnswerMessage::Rejected(r)) => {
+                anyhow::bail!("event {} refused: {}", r.client_seq, r.message)
+            }
+            _ => continue,
+        }
+        let sent = sent_at
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .pop_front();
+        if let Some(sent) = sent {
+            samples.push(micros(sent.elapsed()));
+        }
+        room.add_permits(1);
+    }
+    sender.await??;
+    Ok(samples)
 }

@@ -27,6 +27,7 @@ fn every_bench_scenario_runs_at_tiny_sizes() {
         "append",
         "append-order",
         "append-batch",
+        "append-stream",
         "e2e",
         "catchup",
         "fanout",

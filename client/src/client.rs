@@ -18,10 +18,11 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client:
 use crate::{
     auth::AuthInterceptor,
     error::{ClientError, Result},
+    producer::Producer,
     subscribe::{SubscribeOptions, Subscription},
 };
 
-type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+pub(crate) type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 
 /// TLS settings for an `https://` address. This client has no built-in trust store, so the CA
 /// that signed the server's certificate must be given (self-hosted Ordo usually has its own CA).
@@ -285,6 +286,12 @@ impl OrdoClient {
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<PublishResponse> {
         let request = PublishRequest { events };
         Ok(self.events.clone().publish(request).await?.into_inner())
+    }
+
+    /// Opens a streaming producer (`AppendStream`): send events without waiting and get a
+    /// durable ack for each, in send order. See [`Producer`] for reconnecting and resending.
+    pub async fn producer(&self) -> Result<Producer> {
+        Producer::open(self.events.clone()).await
     }
 
     /// One raw `Subscribe` call: it ends when the connection does. Most callers want

@@ -4,6 +4,8 @@
 //! [`OrdoClient::subscribe`] returns a [`Subscription`] that survives server restarts and
 //! network drops: it reconnects with capped, jittered backoff and resumes after the last position
 //! it delivered, so each matching event arrives exactly once and in order.
+//! [`OrdoClient::producer`] opens a [`Producer`] for high-rate appends: send events without
+//! waiting and get a durable ack for each, in send order.
 //!
 //! ```no_run
 //! use ordo_client::{OrdoClient, Start, SubscribeOptions, SubscriptionItem};
@@ -30,6 +32,7 @@ pub mod backoff;
 mod client;
 pub mod cursor;
 mod error;
+pub mod producer;
 pub mod subscribe;
 
 pub use backoff::{Backoff, BackoffPolicy};
@@ -37,4 +40,5 @@ pub use client::{ClientBuilder, Health, OrdoClient, TlsOptions};
 pub use cursor::CursorFile;
 pub use error::{ClientError, Result};
 pub use ordo_api::v1;
+pub use producer::{Ack, AckFuture, Producer};
 pub use subscribe::{Start, SubscribeOptions, Subscription, SubscriptionItem};

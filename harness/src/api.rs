@@ -55,6 +55,14 @@ pub fn new_event_with_id(stream_id: &str, event_type: &str, id: &str) -> NewEven
     }
 }
 
+/// One AppendStream request.
+pub fn append_req(event: NewEvent, client_seq: u64) -> ordo_api::v1::AppendStreamRequest {
+    ordo_api::v1::AppendStreamRequest {
+        event: Some(event),
+        client_seq,
+    }
+}
+
 pub fn publish_req(events: Vec<NewEvent>) -> PublishRequest {
     PublishRequest { events }
 }

@@ -99,11 +99,19 @@ pub struct Limits {
     pub max_concurrent_streams_per_connection: u32,
     /// Open Subscribe streams per token, so one client cannot take every subscriber slot.
     pub max_subscriptions_per_token: usize,
-    /// Append calls (Publish, CreateOrder, UpdateOrderStatus, CancelOrder) per second per
-    /// token, sustained; 0 = unlimited. Not applied in dev mode (no tokens).
+    /// Append calls (Publish, CreateOrder, UpdateOrderStatus, CancelOrder, and opening an
+    /// AppendStream) per second per token, sustained; 0 = unlimited. Not applied in dev mode
+    /// (no tokens).
     pub append_rate_per_token: u32,
     /// Append calls a token may make at once before the rate applies.
     pub append_burst_per_token: u32,
+    /// Events one AppendStream may have unanswered (received, not yet acked or rejected): the
+    /// server stops reading the stream while this many are in flight, so a producer that does
+    /// not read its acks holds at most this many events' worth of server memory.
+    pub append_stream_window: usize,
+    /// Bytes of events one AppendStream may have unanswered, whatever their count: with 1 MiB
+    /// payloads, the count alone would allow a gigabyte per stream.
+    pub append_stream_window_bytes: usize,
     /// Longest a call may take to answer (a Subscribe stream's headers, not its life);
     /// `None` = no limit.
     pub request_timeout: Option<Duration>,
@@ -122,6 +130,8 @@ impl Default for Limits {
             max_subscriptions_per_token: 256,
             append_rate_per_token: 5_000,
             append_burst_per_token: 10_000,
+            append_stream_window: 1000,
+            append_stream_window_bytes: 16 * 1024 * 1024,
             request_timeout: Some(Duration::from_secs(30)),
         }
     }

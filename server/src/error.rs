@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use ordo_api::v1::AppendRejected;
 use thiserror::Error;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tracing::error;
@@ -88,6 +89,13 @@ pub enum OrdoError {
         .refused.token
     )]
     Revoked { refused: Refused },
+    /// A client-streaming call's request stream broke mid-call (e.g. a message over
+    /// max_message_bytes, or one that does not decode): the answers already sent stand, the rest
+    /// of the stream was not read.
+    #[error(
+        "the request stream broke after the events answered so far: {message}; resend the unanswered events on a new stream"
+    )]
+    RequestStream { code: Code, message: String },
     /// The call took longer than the server's request timeout to answer.
     #[error(
         "the call took longer than the server's request timeout of {} ms",
@@ -99,6 +107,19 @@ pub enum OrdoError {
 impl OrdoError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())
+    }
+
+    /// The error a broken request stream ends its call with. tonic reports an undecodable
+    /// message as INTERNAL, but it is the client's: that becomes INVALID_ARGUMENT.
+    pub fn request_stream(status: &Status) -> Self {
+        let code = match status.code() {
+            Code::Internal | Code::Unknown => Code::InvalidArgument,
+            code => code,
+        };
+        Self::RequestStream {
+            code,
+            message: status.message().to_string(),
+        }
     }
 
     /// The rejection counter this error counts against, and for whom: security and abuse
@@ -142,6 +163,21 @@ impl OrdoError {
             | OrdoError::TokenStreamCap { .. }
             | OrdoError::SubscriberCap { .. } => Code::ResourceExhausted,
             OrdoError::Timeout { .. } => Code::DeadlineExceeded,
+            OrdoError::RequestStream { code, .. } => *code,
+        }
+    }
+}
+
+impl OrdoError {
+    /// An AppendStream's refusal of one event: the code and message a Publish of that event
+    /// alone would end with, clipped and counted exactly the same way (it goes through the
+    /// conversion below), but sent as a message so that the stream goes on.
+    pub fn into_rejection(self, client_seq: u64) -> AppendRejected {
+        let status = Status::from(self);
+        AppendRejected {
+            client_seq,
+            code: status.code() as i32,
+            message: status.message().to_string(),
         }
     }
 }

@@ -12,10 +12,10 @@
 //!   the generated service traits to the domain modules; they never hold business rules.
 //! - **Where it is decided.** The domain modules validate and build what to append:
 //!   [`orders`] (commands checked against the order state machine, plus the order projection as
-//!   records written with the events), [`events`] (`Publish`, `ReadEvents`, subscriptions) and
-//!   [`webhooks`] (definitions and their delivery). Shared leaves: [`filter`] (type and stream
-//!   matching, also used by token restrictions and webhooks), [`validate`], [`paging`],
-//!   [`clock`].
+//!   records written with the events), [`events`] (`Publish`, `AppendStream`, `ReadEvents`,
+//!   subscriptions) and [`webhooks`] (definitions and their delivery). Shared leaves:
+//!   [`filter`] (type and stream matching, also used by token restrictions and webhooks),
+//!   [`validate`], [`paging`], [`clock`].
 //! - **Where it is made durable.** Everything is appended through [`store`]'s `EventLog` trait
 //!   (`SharedLog`): one `AppendBatch` holds events and records and is acknowledged only once it
 //!   is on disk, in order, with gapless offsets. Nothing above `store` touches files.

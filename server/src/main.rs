@@ -35,6 +35,9 @@ struct Args {
     /// Most events one Publish call may carry.
     #[arg(long, env = "ORDO_MAX_EVENTS_PER_PUBLISH", default_value_t = 1000)]
     max_events_per_publish: usize,
+    /// Events one AppendStream may have unacknowledged (the window advertised to producers).
+    #[arg(long, env = "ORDO_APPEND_STREAM_WINDOW", default_value_t = 1000)]
+    append_stream_window: usize,
     /// Largest event payload in bytes.
     #[arg(long, env = "ORDO_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     max_payload_bytes: usize,
@@ -140,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
     config.limits.max_events_per_publish = args.max_events_per_publish;
     config.limits.max_payload_bytes = args.max_payload_bytes;
+    config.limits.append_stream_window = args.append_stream_window.max(1);
     config.limits.max_items_per_order = args.max_items_per_order;
     config.limits.max_message_bytes = args.max_message_bytes;
     config.limits.max_subscribers = args.max_subscribers;

@@ -1,5 +1,6 @@
 //! Property test: arbitrary field values (huge strings, empty ids, invalid enums, unknown
-//! fields, extreme numbers) thrown at every RPC of one running server, with auth on.
+//! fields, extreme numbers) thrown at every RPC of one running server, with auth on
+//! (AppendStream too: per event).
 //!
 //! For every call: no panic (the server keeps answering), never INTERNAL/UNKNOWN/UNAVAILABLE,
 //! a rejection carries a client-error code, and a rejected call leaves the log head unchanged.
@@ -190,6 +191,89 @@ where
             let after = head(&env.channel).await;
             prop_assert_eq!(after, before, "{}: a rejected call appended", what);
         }
+        Ok(())
+    })
+}
+
+/// AppendStream with hostile events: one answer per event, in send order (until a message too
+/// large to decode, which ends the stream with a client-error status); refusals carry
+/// client-error codes and messages; the log grows by exactly the events acked as new.
+fn append_stream_case(events: Vec<NewEvent>) -> Result<(), TestCaseError> {
+    use ordo_api::v1::{AppendStreamRequest, append_stream_response::Message};
+    let env = env();
+    env.rt.block_on(async {
+        let _serial = env.serial.lock().await;
+        let before = head(&env.channel).await;
+        let mut client =
+            ordo_api::v1::event_service_client::EventServiceClient::new(env.channel.clone());
+        let requests: Vec<AppendStreamRequest> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| AppendStreamRequest {
+                event: Some(event),
+                client_seq: i as u64 + 1,
+            })
+            .collect();
+        let sent = requests.len() as u64;
+        let mut answers = match client
+            .append_stream(authed(tokio_stream::iter(requests)))
+            .await
+        {
+            Ok(answers) => answers.into_inner(),
+            Err(status) => {
+                prop_assert!(false, "AppendStream refused: {status:?}");
+                unreachable!()
+            }
+        };
+        let (mut next, mut appended, mut broken) = (1u64, 0u64, false);
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(20), answers.message()).await;
+            let answer = match answer {
+                Ok(Ok(Some(answer))) => answer,
+                Ok(Ok(None)) => break,
+                // An oversized message breaks the request stream: the stream ends with a
+                // client-error status after the events before it were answered.
+                Ok(Err(status)) => {
+                    prop_assert!(
+                        acceptable(status.code()),
+                        "AppendStream ended with {:?}: {}",
+                        status.code(),
+                        status.message()
+                    );
+                    prop_assert!(status.message().contains("resend"), "{}", status.message());
+                    broken = true;
+                    break;
+                }
+                other => {
+                    prop_assert!(false, "AppendStream broke: {other:?}");
+                    unreachable!()
+                }
+            };
+            match answer.message {
+                Some(Message::Window(_)) => {}
+                Some(Message::Ack(ack)) => {
+                    prop_assert_eq!(ack.client_seq, next);
+                    next += 1;
+                    appended += u64::from(!ack.deduplicated);
+                }
+                Some(Message::Rejected(rejected)) => {
+                    prop_assert_eq!(rejected.client_seq, next);
+                    next += 1;
+                    prop_assert!(
+                        acceptable(Code::from_i32(rejected.code)),
+                        "AppendStream: unexpected code {}: {}",
+                        rejected.code,
+                        rejected.message
+                    );
+                    prop_assert!(!rejected.message.is_empty());
+                }
+                None => prop_assert!(false, "an empty answer"),
+            }
+        }
+        if !broken {
+            prop_assert_eq!(next, sent + 1, "one answer per event");
+        }
+        prop_assert_eq!(head(&env.channel).await, before + appended);
         Ok(())
     })
 }
@@ -387,6 +471,11 @@ proptest! {
     #[test]
     fn publish(events in prop_oneof![4 => vec(new_event(true), 0..4), 1 => vec(new_event(false), 1001..1003)]) {
         check("Publish", |ch| raw_unary(ch, PATHS[6], PublishRequest { events }))?;
+    }
+
+    #[test]
+    fn append_stream(events in vec(new_event(true), 0..6)) {
+        append_stream_case(events)?;
     }
 
     #[test]

@@ -277,7 +277,11 @@ Each line of a --from-file file is one JSON object:
 Optional keys: id, source, datacontenttype, metadata (object of strings),
 expected_stream_version, data_base64 (instead of data). A JSON `data` value is stored as
 JSON (application/json); a string is stored as its text. Lines without an id get one from
-the CLI, so a retried batch is never stored twice.")]
+the CLI, so a resent event is never stored twice.
+
+With --from-file, events go on one AppendStream (many in flight, each acked once durable; a
+refused line does not stop the others, and the command then fails naming it). With
+--batch-size N they go in atomic Publish calls of N events instead.")]
     Publish {
         /// The stream to append to.
         #[arg(
@@ -315,9 +319,10 @@ the CLI, so a retried batch is never stored twice.")]
         /// Publish every line of this JSON-lines file (`-` for stdin).
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
-        /// Events per Publish call with --from-file.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
-        batch_size: u32,
+        /// With --from-file: publish in atomic Publish calls of this many events instead of
+        /// streaming them.
+        #[arg(long, requires = "from_file", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        batch_size: Option<u32>,
     },
 }
 

@@ -53,7 +53,9 @@ pub async fn run(client: &OrdoClient, out: &Out, command: EventsCommand) -> anyh
             from_file,
             batch_size,
         } => match from_file {
-            Some(path) => publish::from_file(client, out, &path, batch_size as usize).await,
+            Some(path) => {
+                publish::from_file(client, out, &path, batch_size.map(|n| n as usize)).await
+            }
             None => {
                 let one = publish::One {
                     stream: stream.unwrap_or_default(),

@@ -1,26 +1,37 @@
-//! `ordo events publish`: one event from flags, or many from a JSON-lines file in batches with
-//! a progress bar when a person is watching.
+//! `ordo events publish`: one event from flags, or many from a JSON-lines file (on one
+//! AppendStream, or in Publish batches with `--batch-size`) with a progress bar when a person
+//! is watching.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io::Read,
     path::Path,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use base64::Engine;
+use indicatif::ProgressBar;
 use ordo_client::{
-    Backoff, BackoffPolicy, ClientError, OrdoClient,
-    v1::{NewEvent, PublishResponse},
+    AckFuture, Backoff, BackoffPolicy, ClientError, OrdoClient,
+    v1::{EventPosition, NewEvent, PublishResponse},
 };
 use serde_json::{Value, json};
 
-use super::{fail::Failure, json, out::Out, progress::progress_bar};
+use super::{
+    fail::{EXIT_FAILED, Failure},
+    json,
+    out::Out,
+    progress::progress_bar,
+};
 
-/// Attempts per batch when the server is briefly unavailable. Retrying is safe: every event
-/// carries an id, so a batch stored before a lost acknowledgement is deduplicated.
+/// Attempts per batch (or stream reconnects in a row) when the server is briefly unavailable.
+/// Retrying is safe: every event carries an id, so what was stored before a lost
+/// acknowledgement is deduplicated.
 const BATCH_ATTEMPTS: u32 = 5;
+/// Refused lines named in the error; the count says how many more.
+const MAX_REFUSALS_SHOWN: usize = 5;
 /// Exit code after Ctrl-C, as shells report SIGINT.
 const EXIT_INTERRUPTED: i32 = 130;
 
@@ -94,11 +105,13 @@ fn new_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
+/// Publishes every line of `path`: on one AppendStream (each event acked once durable, many in
+/// flight), or with `batch_size`, in atomic Publish batches of that many events.
 pub async fn from_file(
     client: &OrdoClient,
     out: &Out,
     path: &Path,
-    batch_size: usize,
+    batch_size: Option<usize>,
 ) -> anyhow::Result<()> {
     let name = path.display().to_string();
     let text = read_input(path).with_context(|| format!("cannot read {name}"))?;
@@ -110,43 +123,54 @@ pub async fn from_file(
     let total = events.len();
     let bar = progress_bar(total as u64, "events");
     let started = Instant::now();
-    let mut summary = Summary::default();
+    let published = AtomicUsize::new(0);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    for batch in events.chunks(batch_size) {
-        let response = tokio::select! {
-            _ = &mut ctrl_c => {
-                bar.abandon();
-                return Err(Failure::new(
-                    EXIT_INTERRUPTED,
-                    format!("interrupted: published {} of {total} events from {name}; rerunning is safe only for lines with an \"id\"", summary.published),
-                ).into());
-            }
-            response = publish_with_retry(client, batch) => response,
-        };
-        let response = response.with_context(|| {
-            format!(
-                "cannot publish {name} (published {} of {total} events before this batch)",
-                summary.published
-            )
-        })?;
-        summary.add(&response);
-        bar.inc(batch.len() as u64);
-    }
+    let work = async {
+        match batch_size {
+            Some(size) => publish_batches(client, &events, size, &name, &bar, &published).await,
+            None => stream(client, &events, &name, &bar, &published).await,
+        }
+    };
+    let (summary, refused) = tokio::select! {
+        _ = &mut ctrl_c => {
+            bar.abandon();
+            return Err(Failure::new(
+                EXIT_INTERRUPTED,
+                format!(
+                    "interrupted: published {} of {total} events from {name}; rerunning is safe only for lines with an \"id\"",
+                    published.load(Ordering::Relaxed)
+                ),
+            ).into());
+        }
+        result = work => result?,
+    };
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let rate = summary.published as f64 / seconds.max(1e-6);
+    let dedup_key = if batch_size.is_some() {
+        "deduplicated_batches"
+    } else {
+        "deduplicated"
+    };
     if out.json() {
-        out.json_line(&json!({
+        let mut line = json!({
             "published": summary.published,
             "first_offset": summary.first,
             "last_offset": summary.last,
-            "deduplicated_batches": summary.deduplicated,
+            "refused": refused.len(),
             "seconds": seconds,
-        }))
+        });
+        line[dedup_key] = json!(summary.deduplicated);
+        out.json_line(&line)?;
     } else {
         let dedup = if summary.deduplicated > 0 {
-            format!(", {} batches were already stored", summary.deduplicated)
+            let what = if batch_size.is_some() {
+                "batches were"
+            } else {
+                "events were"
+            };
+            format!(", {} {what} already stored", summary.deduplicated)
         } else {
             String::new()
         };
@@ -155,7 +179,138 @@ pub async fn from_file(
             summary.published,
             summary.first.unwrap_or(0),
             summary.last.unwrap_or(0),
-        ))
+        ))?;
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = refused
+        .iter()
+        .take(MAX_REFUSALS_SHOWN)
+        .map(|(line, why)| format!("line {line}: {why}"))
+        .collect();
+    let more = refused.len().saturating_sub(MAX_REFUSALS_SHOWN);
+    let more = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    Err(Failure::new(
+        EXIT_FAILED,
+        format!(
+            "the server refused {} of {total} events from {name} (the others are stored): {}{more}",
+            refused.len(),
+            shown.join("; ")
+        ),
+    )
+    .into())
+}
+
+/// Line numbers (1-based, among non-empty lines) and why the server refused them.
+type Refused = Vec<(usize, String)>;
+
+async fn publish_batches(
+    client: &OrdoClient,
+    events: &[NewEvent],
+    batch_size: usize,
+    name: &str,
+    bar: &ProgressBar,
+    published: &AtomicUsize,
+) -> anyhow::Result<(Summary, Refused)> {
+    let mut summary = Summary::default();
+    for batch in events.chunks(batch_size) {
+        let response = publish_with_retry(client, batch).await.with_context(|| {
+            format!(
+                "cannot publish {name} (published {} of {} events before this batch)",
+                summary.published,
+                events.len()
+            )
+        })?;
+        if response.deduplicated {
+            summary.deduplicated += 1;
+        }
+        for position in &response.positions {
+            summary.add(position);
+        }
+        published.store(summary.published, Ordering::Relaxed);
+        bar.inc(batch.len() as u64);
+    }
+    Ok((summary, Vec::new()))
+}
+
+/// One AppendStream, with up to the server's window of events in flight. When the stream
+/// breaks (server restart, network), it reconnects and resends from the oldest unacked event:
+/// every line has an id, so events stored before the break are answered as duplicates.
+async fn stream(
+    client: &OrdoClient,
+    events: &[NewEvent],
+    name: &str,
+    bar: &ProgressBar,
+    published: &AtomicUsize,
+) -> anyhow::Result<(Summary, Refused)> {
+    let mut summary = Summary::default();
+    let mut refused = Vec::new();
+    let mut backoff = Backoff::new(BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(3),
+    });
+    // Every event before `next` is answered.
+    let mut next = 0;
+    loop {
+        let broke = match client.producer().await {
+            Err(err) => err,
+            Ok(mut producer) => {
+                let window = producer.max_in_flight() as usize;
+                let mut acks: VecDeque<(usize, AckFuture)> = VecDeque::with_capacity(window);
+                let mut to_send = next;
+                let broke = loop {
+                    if to_send < events.len() && acks.len() < window {
+                        match producer.send(events[to_send].clone()).await {
+                            Ok(ack) => {
+                                acks.push_back((to_send, ack));
+                                to_send += 1;
+                                continue;
+                            }
+                            Err(err) => break Some(err),
+                        }
+                    }
+                    let Some((i, ack)) = acks.pop_front() else {
+                        break None;
+                    };
+                    match ack.await {
+                        Ok(ack) => {
+                            summary.add(&ack.position);
+                            if ack.deduplicated {
+                                summary.deduplicated += 1;
+                            }
+                        }
+                        Err(err) if err.is_retryable() => break Some(err),
+                        Err(err) => refused.push((i + 1, err.to_string())),
+                    }
+                    next = i + 1;
+                    published.store(summary.published, Ordering::Relaxed);
+                    bar.inc(1);
+                };
+                match broke {
+                    None => {
+                        producer
+                            .close()
+                            .await
+                            .with_context(|| format!("the stream publishing {name} ended badly"))?;
+                        return Ok((summary, refused));
+                    }
+                    Some(err) => err,
+                }
+            }
+        };
+        if !broke.is_retryable() || backoff.attempt() + 1 >= BATCH_ATTEMPTS {
+            return Err(anyhow::Error::new(broke).context(format!(
+                "cannot publish {name} (published {} of {} events)",
+                summary.published,
+                events.len()
+            )));
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -164,25 +319,21 @@ struct Summary {
     published: usize,
     first: Option<u64>,
     last: Option<u64>,
+    /// Batches (Publish) or events (stream) that were already stored.
     deduplicated: usize,
 }
 
 impl Summary {
-    fn add(&mut self, response: &PublishResponse) {
-        self.published += response.positions.len();
-        if response.deduplicated {
-            self.deduplicated += 1;
-        }
-        for position in &response.positions {
-            self.first = Some(
-                self.first
-                    .map_or(position.offset, |f| f.min(position.offset)),
-            );
-            self.last = Some(
-                self.last
-                    .map_or(position.offset, |l| l.max(position.offset)),
-            );
-        }
+    fn add(&mut self, position: &EventPosition) {
+        self.published += 1;
+        self.first = Some(
+            self.first
+                .map_or(position.offset, |f| f.min(position.offset)),
+        );
+        self.last = Some(
+            self.last
+                .map_or(position.offset, |l| l.max(position.offset)),
+        );
     }
 }
 

@@ -585,3 +585,46 @@ async fn every_help_level_has_examples() {
         );
     }
 }
+
+/// Without --batch-size the file goes on one AppendStream: a line the server refuses does not
+/// stop the others, the command fails naming it, and rerunning the file stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_from_file_streams_and_names_refused_lines() {
+    let server = TestServer::start().await;
+    let addr = server.url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("stream.jsonl");
+    let mut lines: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                r#"{{"stream_id":"flow-{}","type":"flow.item","id":"flow-{i}","data":{{"n":{i}}}}}"#,
+                i % 5
+            )
+        })
+        .collect();
+    // Parses, but the server refuses it: types starting with `order.` belong to OrderService.
+    lines[1500] = r#"{"stream_id":"flow-x","type":"order.sneaky","id":"bad-1"}"#.into();
+    write_lines(&file, &lines);
+    let path = file.to_str().expect("path");
+
+    let run = ordo(&addr, &["--json", "events", "publish", "--from-file", path]).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_one_error_line(&run);
+    assert!(run.stderr.contains("line 1501"), "{}", run.stderr);
+    assert!(run.stderr.contains("order."), "{}", run.stderr);
+    let summary = json_lines(&run.stdout);
+    assert_eq!(summary[0]["published"], 2999);
+    assert_eq!(summary[0]["refused"], 1);
+    let read = json_lines(&ok(&addr, &["--json", "events", "read", "--from", "1501"]).await);
+    assert_eq!(
+        read[0]["data"]["n"], 1501,
+        "the log keeps the file's order, without the refused line"
+    );
+
+    // Every line has an id: a rerun is answered from the log.
+    let again = ordo(&addr, &["--json", "events", "publish", "--from-file", path]).await;
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    let summary = json_lines(&again.stdout);
+    assert_eq!(summary[0]["deduplicated"], 2999);
+    assert_eq!(summary[0]["last_offset"], 2999);
+}

@@ -138,3 +138,54 @@ async fn grpcurl_lists_services_and_calls_them_through_reflection() {
     assert_eq!(health.code, 0, "{}", health.stderr);
     assert!(health.stdout.contains("SERVING"), "{}", health.stdout);
 }
+
+/// AppendStream through reflection: grpcurl sends every JSON message it reads with `-d @`, and
+/// prints the window, then one answer per event in send order (a refusal among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_streams_events_with_append_stream() {
+    let grpcurl = grpcurl().await;
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let requests = [
+        r#"{"client_seq": 1, "event": {"stream_id": "sensor-7", "type": "sensor.reading", "id": "r-1"}}"#,
+        r#"{"client_seq": 2, "event": {"stream_id": "sensor-7", "type": "bad type"}}"#,
+        r#"{"client_seq": 3, "event": {"stream_id": "sensor-7", "type": "sensor.reading", "id": "r-3"}}"#,
+    ]
+    .join("\n");
+    let mut child = Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-d",
+            "@",
+            &addr,
+            "ordo.v1.EventService/AppendStream",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run grpcurl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, requests.as_bytes())
+        .await
+        .expect("write requests");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("grpcurl output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("JSON answers");
+    assert_eq!(answers.len(), 4, "{stdout}");
+    assert_eq!(answers[0]["window"]["maxInFlight"], 1000);
+    assert_eq!(answers[1]["ack"]["position"]["offset"], "1");
+    assert_eq!(answers[2]["rejected"]["clientSeq"], "2");
+    assert_eq!(answers[2]["rejected"]["code"], 3);
+    assert_eq!(answers[3]["ack"]["clientSeq"], "3");
+    assert_eq!(answers[3]["ack"]["position"]["offset"], "2");
+}

@@ -168,3 +168,40 @@ async fn python_producer_and_consumer_work_and_resume() {
     );
     drop(server);
 }
+
+/// The streaming producer: events acked in send order on one AppendStream, and a rerun with the
+/// same ids answered from the log (deduplicated, same offsets, nothing stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_streaming_producer_acks_in_order_and_resends_safely() {
+    pip_install().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let stubs = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(data.path(), None, &[]).await;
+    let addr = server.addr.to_string();
+    let args = [
+        "--addr",
+        &addr,
+        "--append-stream",
+        "3000",
+        "--id-prefix",
+        "py-ingest",
+    ];
+
+    let mut producer = python("producer.py", stubs.path());
+    producer.args(args);
+    let first = run_json(producer).await;
+    assert_eq!(first[0]["window"], 1000, "{first:?}");
+    let summary = first.last().expect("summary");
+    assert_eq!(summary["streamed"], 3000, "{summary}");
+    assert_eq!(summary["rejected"], 0);
+    assert_eq!(summary["deduplicated"], 0);
+    assert_eq!(summary["first_offset"], 1);
+    assert_eq!(summary["last_offset"], 3000);
+
+    let mut again = python("producer.py", stubs.path());
+    again.args(args);
+    let second = run_json(again).await;
+    let summary = second.last().expect("summary");
+    assert_eq!(summary["deduplicated"], 3000, "{summary}");
+    assert_eq!(summary["last_offset"], 3000, "nothing stored twice");
+}

@@ -52,7 +52,9 @@ pub fn rule_for(path: &str, open_health: bool, open_reflection: bool) -> Rule {
             scope(Scope::OrdersWrite, true)
         }
         ("ordo.v1.OrderService", "GetOrder" | "ListOrders") => scope(Scope::OrdersRead, false),
-        ("ordo.v1.EventService", "Publish") => scope(Scope::EventsPublish, true),
+        // An AppendStream takes one append from the token's bucket when it opens (as a Publish
+        // does per call); its events are then paced by the stream's window.
+        ("ordo.v1.EventService", "Publish" | "AppendStream") => scope(Scope::EventsPublish, true),
         ("ordo.v1.EventService", "Subscribe" | "ReadEvents") => {
             scope(Scope::EventsSubscribe, false)
         }
@@ -286,6 +288,11 @@ mod tests {
             ("/ordo.v1.OrderService/GetOrder", Scope::OrdersRead, false),
             ("/ordo.v1.OrderService/ListOrders", Scope::OrdersRead, false),
             ("/ordo.v1.EventService/Publish", Scope::EventsPublish, true),
+            (
+                "/ordo.v1.EventService/AppendStream",
+                Scope::EventsPublish,
+                true,
+            ),
             (
                 "/ordo.v1.EventService/Subscribe",
                 Scope::EventsSubscribe,

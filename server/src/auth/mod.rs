@@ -137,6 +137,19 @@ impl Principal {
             .is_none_or(|m| m.matches_parts(event_type, stream_id))
     }
 
+    /// Ties a stream to the token's validity without taking a Subscribe slot (AppendStream:
+    /// its memory is bounded by its window, not by a count of streams).
+    pub fn watch_stream(&self, path: &str) -> StreamAccess {
+        StreamAccess {
+            path: path.to_string(),
+            watch: match (&self.grant, &self.tokens) {
+                (Some(grant), Some(tokens)) => Some((grant.clone(), tokens.clone())),
+                _ => None,
+            },
+            _permit: None,
+        }
+    }
+
     /// Takes one of the token's Subscribe slots and ties the stream to the token's validity.
     pub fn open_stream(&self, path: &str) -> Result<StreamAccess, OrdoError> {
         let permit = match &self.quota {

@@ -1,5 +1,6 @@
-//! The event side of Ordo: publish, read and subscribe.
+//! The event side of Ordo: publish (one call or a stream), read and subscribe.
 
+pub mod append_stream;
 pub mod pacer;
 pub mod position;
 pub mod publish;

@@ -39,7 +39,7 @@ pub async fn publish(
     let mut events = Vec::with_capacity(count);
     let index_ids = req.events.iter().any(|e| !e.id.is_empty());
     for (i, new) in req.events.into_iter().enumerate() {
-        check(i, &new, limits)?;
+        check(&format!("events[{i}]"), &new, limits)?;
         match seen.get(&new.stream_id) {
             None => {
                 seen.insert(new.stream_id.clone(), new.expected_stream_version);
@@ -87,59 +87,58 @@ pub async fn publish(
     })
 }
 
-fn check(i: usize, new: &NewEvent, limits: &Limits) -> Result<(), OrdoError> {
-    validate::name(&format!("events[{i}].stream_id"), &new.stream_id)?;
-    validate::name(&format!("events[{i}].type"), &new.r#type)?;
+/// Validates one event; `at` names it in messages (`events[3]` in a Publish, `event` in an
+/// AppendStream request).
+pub(crate) fn check(at: &str, new: &NewEvent, limits: &Limits) -> Result<(), OrdoError> {
+    validate::name("stream_id", &new.stream_id).map_err(|e| within(at, e))?;
+    validate::name("type", &new.r#type).map_err(|e| within(at, e))?;
     if new.stream_id.starts_with(RESERVED_STREAM_PREFIX) {
         return Err(OrdoError::invalid(format!(
-            "events[{i}].stream_id {:?} is reserved for OrderService (streams starting with {RESERVED_STREAM_PREFIX:?}); use OrderService or another stream id",
+            "{at}.stream_id {:?} is reserved for OrderService (streams starting with {RESERVED_STREAM_PREFIX:?}); use OrderService or another stream id",
             new.stream_id
         )));
     }
     if new.r#type.starts_with(RESERVED_TYPE_PREFIX) {
         return Err(OrdoError::invalid(format!(
-            "events[{i}].type {:?} is reserved for OrderService (types starting with {RESERVED_TYPE_PREFIX:?})",
+            "{at}.type {:?} is reserved for OrderService (types starting with {RESERVED_TYPE_PREFIX:?})",
             new.r#type
         )));
     }
     if !new.id.is_empty() {
-        validate::name(&format!("events[{i}].id"), &new.id)?;
+        validate::name("id", &new.id).map_err(|e| within(at, e))?;
     }
+    validate::text("source", &new.source, validate::MAX_NAME_LEN, false)
+        .map_err(|e| within(at, e))?;
     validate::text(
-        &format!("events[{i}].source"),
-        &new.source,
-        validate::MAX_NAME_LEN,
-        false,
-    )?;
-    validate::text(
-        &format!("events[{i}].datacontenttype"),
+        "datacontenttype",
         &new.datacontenttype,
         validate::MAX_NAME_LEN,
         false,
-    )?;
+    )
+    .map_err(|e| within(at, e))?;
     if new.data.len() > limits.max_payload_bytes {
         return Err(OrdoError::invalid(format!(
-            "events[{i}].data is {} bytes; the limit (max_payload_bytes) is {}",
+            "{at}.data is {} bytes; the limit (max_payload_bytes) is {}",
             new.data.len(),
             limits.max_payload_bytes
         )));
     }
     if new.metadata.len() > limits.max_metadata_entries {
         return Err(OrdoError::invalid(format!(
-            "events[{i}].metadata has {} entries; the limit is {}",
+            "{at}.metadata has {} entries; the limit is {}",
             new.metadata.len(),
             limits.max_metadata_entries
         )));
     }
     for (key, value) in &new.metadata {
         validate::text(
-            &format!("events[{i}].metadata key"),
+            &format!("{at}.metadata key"),
             key,
             validate::MAX_NAME_LEN,
             true,
         )?;
         validate::text(
-            &format!("events[{i}].metadata[{key}]"),
+            &format!("{at}.metadata[{key}]"),
             value,
             MAX_METADATA_TEXT,
             false,
@@ -148,7 +147,19 @@ fn check(i: usize, new: &NewEvent, limits: &Limits) -> Result<(), OrdoError> {
     Ok(())
 }
 
-fn to_event(new: NewEvent, now: SystemTime) -> Event {
+/// A field's error, named within its event (`events[3].type ...`). The field names are joined
+/// only on error: building them for every field of every event cost an allocation each on the
+/// hot path of AppendStream.
+fn within(at: &str, err: OrdoError) -> OrdoError {
+    match err {
+        OrdoError::InvalidArgument(message) => {
+            OrdoError::InvalidArgument(format!("{at}.{message}"))
+        }
+        other => other,
+    }
+}
+
+pub(crate) fn to_event(new: NewEvent, now: SystemTime) -> Event {
     let or = |value: String, default: &str| {
         if value.is_empty() {
             default.to_string()

@@ -3,19 +3,20 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use ordo_api::v1::{
-    CaughtUp, Heartbeat, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
-    SubscribeRequest,
+    AppendStreamRequest, AppendStreamResponse, CaughtUp, Heartbeat, PublishRequest,
+    PublishResponse, ReadEventsRequest, ReadEventsResponse, SubscribeRequest,
 };
 use tokio::sync::Semaphore;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth,
     config::ServerConfig,
     error::{OrdoError, Refused},
     events::{
+        append_stream::{APPEND_STREAM_PATH, AppendStream},
         pacer::Pacer,
         position, publish, read,
         subscription::{Item, MIN_HEARTBEAT, Subscription},
@@ -52,6 +53,9 @@ fn frame(item: Result<Item, OrdoError>) -> Result<SubscribeFrame, Status> {
     })
 }
 
+/// An AppendStream's answers; its errors end the stream.
+pub type AnswerStream = Pin<Box<dyn Stream<Item = Result<AppendStreamResponse, Status>> + Send>>;
+
 pub struct EventApi {
     log: SharedLog,
     config: ServerConfig,
@@ -79,6 +83,7 @@ impl EventApi {
 #[tonic::async_trait]
 impl EventService for EventApi {
     type SubscribeStream = SubscribeStream;
+    type AppendStreamStream = AnswerStream;
 
     async fn subscribe(
         &self,
@@ -151,5 +156,28 @@ impl EventService for EventApi {
         let response =
             publish::publish(&self.log, &self.config.limits, request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let principal = auth::principal(&request)?;
+        let access = principal.watch_stream(APPEND_STREAM_PATH);
+        let answers = AppendStream {
+            log: self.log.clone(),
+            limits: self.config.limits.clone(),
+            principal,
+            access,
+            shutdown: self.shutdown.clone(),
+        }
+        .spawn(
+            request
+                .into_inner()
+                .map(|request| request.map_err(|status| OrdoError::request_stream(&status))),
+        );
+        Ok(Response::new(Box::pin(
+            answers.map(|answer| answer.map_err(Status::from)),
+        )))
     }
 }

@@ -126,11 +126,29 @@ pub enum AppendOutcome {
 /// object-safe and the server can hold an `Arc<dyn EventLog>`.
 pub type AppendFuture = Pin<Box<dyn Future<Output = Result<AppendOutcome, StoreError>> + Send>>;
 
+/// Resolves to the outcome of each batch of an [`EventLog::enqueue_many`], in order; fails as a
+/// whole only if the log closed before answering.
+pub type OutcomesFuture = Pin<
+    Box<dyn Future<Output = Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>> + Send>,
+>;
+
+/// Resolves once batches are in the writer's queue, to the future of their outcomes. Splitting
+/// the two lets one task queue many batches in a known order and await their outcomes
+/// afterwards (`AppendStream` pipelines its events this way and still stores them in send
+/// order).
+pub type EnqueueFuture = Pin<Box<dyn Future<Output = Result<OutcomesFuture, StoreError>> + Send>>;
+
 /// The storage interface the gRPC layer depends on.
 pub trait EventLog: Send + Sync + 'static {
     /// Queues a batch for the next group commit; waits for room when the queue is full, which is
     /// the backpressure on producers.
     fn append(&self, batch: AppendBatch) -> AppendFuture;
+    /// Queues independent batches in this order, as one entry of the writer's queue, and
+    /// resolves as soon as they are queued. Each batch is still validated and committed (or
+    /// rejected) on its own, exactly as if appended alone; calls whose futures completed one
+    /// after another commit in that order. One queue entry and one reply for many small
+    /// appends is what lets a stream of single events reach batch throughput.
+    fn enqueue_many(&self, batches: Vec<AppendBatch>) -> EnqueueFuture;
     /// Events with `from <= offset <= head` in offset order: at most `max` of them, and no more
     /// once `max_bytes` of encoded events have been read (but always at least one if any), so a
     /// reader's memory stays bounded whatever the payload sizes.

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
-    AppendBatch, AppendFuture, EventLog, RawEvent, Record, StoreError, StoredResponse,
+    AppendBatch, AppendFuture, EnqueueFuture, EventLog, OutcomesFuture, RawEvent, Record,
+    StoreError, StoredResponse,
     applier::{Applier, ApplyJob, DEFAULT_FLUSH_EVERY, QUEUE_FRAMES},
     codec::{self, decode_offset},
     journal::{self, JournalOptions},
@@ -253,10 +254,25 @@ impl EventLog for SledLog {
             let sender = sender.ok_or(StoreError::Closed)?;
             let (reply, rx) = oneshot::channel();
             sender
-                .send(Job { batch, reply })
+                .send(Job::One { batch, reply })
                 .await
                 .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn enqueue_many(&self, batches: Vec<AppendBatch>) -> EnqueueFuture {
+        let sender = self.sender.read().ok().and_then(|guard| guard.clone());
+        Box::pin(async move {
+            let sender = sender.ok_or(StoreError::Closed)?;
+            let (reply, rx) = oneshot::channel();
+            sender
+                .send(Job::Many { batches, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            let outcomes: OutcomesFuture =
+                Box::pin(async move { rx.await.map_err(|_| StoreError::Closed) });
+            Ok(outcomes)
         })
     }
 

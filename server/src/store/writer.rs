@@ -21,15 +21,69 @@ use super::{
     tail::Tail,
 };
 
-/// Most appends folded into one commit; bounds the work done before anyone is answered.
+/// Most appends (batches) folded into one commit; bounds the work done before anyone is answered.
 const MAX_GROUP: usize = 1024;
 /// Event bytes after which a group stops taking more appends: bounds a frame's size and the
 /// memory an unapplied group holds.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
 
-pub(super) struct Job {
-    pub batch: super::AppendBatch,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+pub(super) type Outcome = Result<AppendOutcome, StoreError>;
+
+/// What the writer's queue carries.
+pub(super) enum Job {
+    /// One batch, one answer ([`EventLog::append`](super::EventLog::append)).
+    One {
+        batch: super::AppendBatch,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// Independent batches queued together, each staged and answered on its own, in order
+    /// ([`EventLog::enqueue_many`](super::EventLog::enqueue_many)): one queue slot, one reply
+    /// and one wake-up for many small appends.
+    Many {
+        batches: Vec<super::AppendBatch>,
+        reply: oneshot::Sender<Vec<Outcome>>,
+    },
+}
+
+enum Reply {
+    One(oneshot::Sender<Outcome>),
+    Many(oneshot::Sender<Vec<Outcome>>),
+}
+
+impl Job {
+    fn split(self) -> (Vec<super::AppendBatch>, Reply) {
+        match self {
+            Job::One { batch, reply } => (vec![batch], Reply::One(reply)),
+            Job::Many { batches, reply } => (batches, Reply::Many(reply)),
+        }
+    }
+
+    fn fail(self, reason: &str) {
+        let (batches, reply) = self.split();
+        reply.fail(batches.len(), reason);
+    }
+}
+
+impl Reply {
+    fn send(self, mut results: Vec<Outcome>) {
+        match self {
+            Reply::One(tx) => {
+                if let Some(result) = results.pop() {
+                    let _ = tx.send(result);
+                }
+            }
+            Reply::Many(tx) => {
+                let _ = tx.send(results);
+            }
+        }
+    }
+
+    fn fail(self, count: usize, reason: &str) {
+        let results = (0..count)
+            .map(|_| Err(StoreError::Poisoned(reason.to_string())))
+            .collect();
+        self.send(results);
+    }
 }
 
 pub(super) struct Writer {
@@ -53,9 +107,9 @@ impl Writer {
         let mut poisoned: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
             if let Some(reason) = &poisoned {
-                let _ = first.reply.send(Err(StoreError::Poisoned(reason.clone())));
+                first.fail(reason);
                 while let Ok(job) = rx.try_recv() {
-                    let _ = job.reply.send(Err(StoreError::Poisoned(reason.clone())));
+                    job.fail(reason);
                 }
                 continue;
             }
@@ -70,12 +124,18 @@ impl Writer {
 
     fn commit(&mut self, first: Job, rx: &mut mpsc::Receiver<Job>) -> Result<(), StoreError> {
         let mut group = Group::new(self.head);
-        let mut replies = Vec::new();
+        let mut replies: Vec<(Reply, Vec<Outcome>)> = Vec::new();
+        let mut staged = 0;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let result = group.stage(&self.stores, job.batch);
-            replies.push((job.reply, result));
-            if replies.len() < MAX_GROUP && group.bytes < MAX_GROUP_BYTES {
+            let (batches, reply) = job.split();
+            staged += batches.len();
+            let results = batches
+                .into_iter()
+                .map(|batch| group.stage(&self.stores, batch))
+                .collect();
+            replies.push((reply, results));
+            if staged < MAX_GROUP && group.bytes < MAX_GROUP_BYTES {
                 next = rx.try_recv().ok();
             }
         }
@@ -84,8 +144,9 @@ impl Writer {
             let lsn = self.next_lsn;
             let written = sealed.and_then(|()| Ok(self.journal.append(lsn, &group.ops)?));
             if let Err(err) = written {
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Poisoned(err.to_string())));
+                let reason = err.to_string();
+                for (reply, results) in replies {
+                    reply.fail(results.len(), &reason);
                 }
                 return Err(err);
             }
@@ -97,8 +158,8 @@ impl Writer {
             }
             self.head = group.head;
             self.head_tx.send_replace(self.head);
-            for (reply, result) in replies {
-                let _ = reply.send(result);
+            for (reply, results) in replies {
+                reply.send(results);
             }
             let bytes = group.ops.iter().map(Op::size).sum();
             self.backlog.acquire(bytes);
@@ -115,8 +176,8 @@ impl Writer {
             }
             return Ok(());
         }
-        for (reply, result) in replies {
-            let _ = reply.send(result);
+        for (reply, results) in replies {
+            reply.send(results);
         }
         Ok(())
     }
