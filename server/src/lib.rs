@@ -18,7 +18,13 @@
 //!   [`validate`], [`paging`], [`clock`].
 //! - **Where it is made durable.** Everything is appended through [`store`]'s `EventLog` trait
 //!   (`SharedLog`): one `AppendBatch` holds events and records and is acknowledged only once it
-//!   is on disk, in order, with gapless offsets. Nothing above `store` touches files.
+//!   is on disk, in order, with gapless offsets. Inside, one writer thread group-commits appends
+//!   as checksummed frames of a write-ahead journal (one `pwrite` + one `fdatasync` per group);
+//!   an applier thread copies them into sled, which serves reads and indexes, and pending writes
+//!   and the in-memory tail cover what sled has not applied yet (docs/storage.md). Nothing above
+//!   `store` touches files.
+//! - **Where live subscribers are woken.** The durable head (a `watch`); on a crowded server a
+//!   paced copy of it ([`events::pacer`]) so one wake-up carries several commits.
 //! - **Where it leaves.** Subscriptions ([`events::subscription`]) read the log up to the durable
 //!   head and wait for it to move, yielding domain items that [`grpc::events`] turns into wire
 //!   frames; webhook delivery tasks ([`webhooks::delivery`]) read the same log from their own
