@@ -11,6 +11,7 @@ use ordo_api::v1::{
 use tonic::{Code, Status, Streaming, transport::Channel};
 
 pub type Events = EventServiceClient<Channel>;
+pub type Orders = ordo_api::v1::order_service_client::OrderServiceClient<Channel>;
 
 /// Longest a single stream read may take before the test fails instead of hanging.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -274,4 +275,20 @@ pub fn assert_log_holds(log: &[Event], acknowledged: &[EventPosition]) {
             event.stream_id
         );
     }
+}
+
+/// An order acknowledged by CreateOrder survives as created: version 1, folded from the event at
+/// the offset its create returned.
+pub async fn assert_order_created(orders: &mut Orders, order_id: &str, last_offset: u64) {
+    let order = orders
+        .get_order(ordo_api::v1::GetOrderRequest {
+            order_id: order_id.to_string(),
+            at_version: None,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("acknowledged order {order_id} lost: {status}"))
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!((order.version, order.last_offset), (1, last_offset));
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use ordo_api::v1::{
-    EventPosition, GetOrderRequest, NewEvent, event_service_client::EventServiceClient,
+    EventPosition, NewEvent, event_service_client::EventServiceClient,
     order_service_client::OrderServiceClient,
 };
 use ordo_test_harness::api::*;
@@ -140,17 +140,7 @@ async fn verify(url: &str, acked: &[EventPosition], created: &[(String, u64)]) {
     );
     assert_log_holds(&log, acked);
     for (id, last_offset) in created {
-        let order = orders
-            .get_order(GetOrderRequest {
-                order_id: id.clone(),
-                at_version: None,
-            })
-            .await
-            .expect("acknowledged order survives")
-            .into_inner()
-            .order
-            .expect("order");
-        assert_eq!((order.version, order.last_offset), (1, *last_offset));
+        assert_order_created(&mut orders, id, *last_offset).await;
     }
 }
 
