@@ -171,6 +171,7 @@ impl SledLog {
             },
             journal: recovered.journal,
             next_lsn: recovered.next_lsn,
+            versions: Default::default(),
             pending,
             head,
             head_tx,

@@ -52,19 +52,29 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(head: u64) -> Self {
+    /// A group starting at `head`, given the stream versions the writer already knows (see
+    /// [`Group::take_versions`]).
+    pub fn new(head: u64, versions: HashMap<String, u64>) -> Self {
         Self {
             ops: Vec::new(),
             bytes: 0,
             durable_head: head,
             head,
-            versions: HashMap::new(),
+            versions,
             event_ids: HashMap::new(),
             idempotency: HashMap::new(),
             chunk: ChunkWriter::new(head + 1),
             streams: HashMap::new(),
             chunks: Vec::new(),
         }
+    }
+
+    /// The stream versions as this group leaves them, for the next group. The writer is the
+    /// only one that changes versions, so what it remembers is the truth: hot streams are then
+    /// never looked up in sled (whose reads also run sled's epoch garbage collection) on the
+    /// commit path.
+    pub fn take_versions(&mut self) -> HashMap<String, u64> {
+        std::mem::take(&mut self.versions)
     }
 
     /// Closes the group: its last chunk and its stream index entries become writes.

@@ -86,10 +86,16 @@ impl Reply {
     }
 }
 
+/// Stream versions the writer remembers between groups; past this many it starts over (the
+/// map is a cache: sled has them all).
+const MAX_KNOWN_STREAMS: usize = 100_000;
+
 pub(super) struct Writer {
     pub stores: Stores,
     pub journal: Journal,
     pub next_lsn: u64,
+    /// Current version of recently written streams (see `Group::take_versions`).
+    pub versions: std::collections::HashMap<String, u64>,
     pub pending: Arc<Pending>,
     pub head: u64,
     pub head_tx: watch::Sender<u64>,
@@ -123,7 +129,7 @@ impl Writer {
     }
 
     fn commit(&mut self, first: Job, rx: &mut mpsc::Receiver<Job>) -> Result<(), StoreError> {
-        let mut group = Group::new(self.head);
+        let mut group = Group::new(self.head, std::mem::take(&mut self.versions));
         let mut replies: Vec<(Reply, Vec<Outcome>)> = Vec::new();
         let mut staged = 0;
         let mut next = Some(first);
@@ -140,6 +146,12 @@ impl Writer {
             }
         }
         let sealed = group.seal();
+        // If this frame fails to reach the journal the writer is poisoned, so keeping the group's
+        // versions now is safe.
+        self.versions = group.take_versions();
+        if self.versions.len() > MAX_KNOWN_STREAMS {
+            self.versions.clear();
+        }
         if !group.ops.is_empty() {
             let lsn = self.next_lsn;
             let written = sealed.and_then(|()| Ok(self.journal.append(lsn, &group.ops)?));
