@@ -7,8 +7,8 @@ use ordo_client::{
     BackoffPolicy, ClientError, Health, OrdoClient, Start, SubscribeOptions, SubscriptionItem,
     TlsOptions,
     v1::{
-        CancelOrderRequest, CreateOrderRequest, Event, LineItem, Money, NewEvent, OrderStatus,
-        ReadEventsRequest, StartPosition, UpdateOrderStatusRequest, start_position::Position,
+        CancelOrderRequest, CreateOrderRequest, LineItem, Money, NewEvent, OrderStatus,
+        UpdateOrderStatusRequest,
     },
 };
 use ordo_test_harness::{ChildServer, TestServer};
@@ -37,29 +37,6 @@ fn order_request(quantity: u32) -> CreateOrderRequest {
             }),
         }],
         idempotency_key: String::new(),
-    }
-}
-
-/// Every event in the log, in order, paging with ReadEvents.
-async fn read_all(client: &OrdoClient) -> Vec<Event> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = client
-            .read_events(ReadEventsRequest {
-                start: Some(StartPosition {
-                    position: Some(Position::AfterOffset(after)),
-                }),
-                filter: None,
-                limit: 1000,
-            })
-            .await
-            .expect("read events");
-        all.extend(page.events);
-        after = page.next_after_offset;
-        if after >= page.head_offset {
-            return all;
-        }
     }
 }
 
@@ -336,7 +313,7 @@ async fn subscription_survives_kill9_restarts_with_no_gap_and_no_duplicate() {
         .await
         .expect("producer finishes")
         .expect("producer task");
-    let log = read_all(&producer).await;
+    let log = crate::read_all(&producer).await;
     let head = log.last().map(|e| e.offset).expect("log is not empty");
     done_tx.send(Some(head)).expect("consumers listen");
 

@@ -5,10 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use ordo_client::{
-    AckFuture, ClientError, OrdoClient,
-    v1::{NewEvent, ReadEventsRequest, StartPosition, start_position::Position},
-};
+use ordo_client::{AckFuture, ClientError, OrdoClient, v1::NewEvent};
 use ordo_test_harness::{ChildServer, TestServer};
 
 fn reading(n: u64) -> NewEvent {
@@ -19,29 +16,6 @@ fn reading(n: u64) -> NewEvent {
         data: format!("{{\"n\":{n}}}").into_bytes(),
         datacontenttype: "application/json".into(),
         ..Default::default()
-    }
-}
-
-/// Every event id in the log, in order.
-async fn ids(client: &OrdoClient) -> Vec<String> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = client
-            .read_events(ReadEventsRequest {
-                start: Some(StartPosition {
-                    position: Some(Position::AfterOffset(after)),
-                }),
-                filter: None,
-                limit: 1000,
-            })
-            .await
-            .expect("read events");
-        all.extend(page.events.into_iter().map(|e| e.id));
-        after = page.next_after_offset;
-        if after >= page.head_offset {
-            return all;
-        }
     }
 }
 
@@ -151,7 +125,11 @@ async fn producer_resends_by_id_after_kill9_and_each_event_is_stored_once() {
         }
     }
     assert!(restarted.is_some(), "the server was never killed");
-    let ids = ids(&client).await;
+    let ids: Vec<String> = crate::read_all(&client)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     let expected: Vec<String> = (1..=TOTAL).map(|n| format!("reading-{n}")).collect();
     assert_eq!(ids.len() as u64, TOTAL, "each event exactly once");
     assert_eq!(ids, expected, "and in send order");

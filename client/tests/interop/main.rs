@@ -5,3 +5,13 @@
 mod grpcurl;
 mod node_client;
 mod python_client;
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (examples and `proto/` live there).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}

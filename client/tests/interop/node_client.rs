@@ -20,15 +20,8 @@ use tokio::{
     sync::OnceCell,
 };
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
 fn example_dir() -> PathBuf {
-    repo().join("examples/node")
+    crate::repo().join("examples/node")
 }
 
 /// Runs a command to completion; `None` when it cannot be started.
@@ -44,7 +37,7 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> Option<std::process::O
 
 /// The major version of the `node` on the PATH, if there is one.
 async fn node_major() -> Option<u32> {
-    let output = run("node", &["--version"], &repo()).await?;
+    let output = run("node", &["--version"], &crate::repo()).await?;
     let version = String::from_utf8_lossy(&output.stdout);
     version
         .trim()
@@ -57,7 +50,7 @@ async fn node_major() -> Option<u32> {
 
 /// Installs Node.js and npm with the system's package manager (as root, or with `sudo -n`).
 async fn install_node() -> Result<(), String> {
-    let root = run("id", &["-u"], &repo())
+    let root = run("id", &["-u"], &crate::repo())
         .await
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let managers: [&[&str]; 4] = [
@@ -68,7 +61,7 @@ async fn install_node() -> Result<(), String> {
     ];
     let mut tried = Vec::new();
     for command in managers {
-        if run("which", &[command[0]], &repo())
+        if run("which", &[command[0]], &crate::repo())
             .await
             .is_none_or(|o| !o.status.success())
         {
@@ -85,9 +78,9 @@ async fn install_node() -> Result<(), String> {
             } else {
                 vec!["update", "-q"]
             };
-            run(program, &update, &repo()).await;
+            run(program, &update, &crate::repo()).await;
         }
-        match run(program, &args, &repo()).await {
+        match run(program, &args, &crate::repo()).await {
             Some(output) if output.status.success() => return Ok(()),
             Some(output) => tried.push(format!(
                 "`{program} {}` failed: {}",

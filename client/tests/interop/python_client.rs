@@ -3,11 +3,7 @@
 //! and publishes, and the consumer subscribes from an offset and resumes after a client-side
 //! disconnect and after a `kill -9` restart of the server.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use ordo_test_harness::ChildServer;
 use serde_json::Value;
@@ -15,13 +11,6 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
 
 /// Installs grpcio and grpcio-tools (quietly; a no-op when present).
 async fn pip_install() {
@@ -47,9 +36,9 @@ async fn pip_install() {
 fn python(script: &str, stubs: &Path) -> Command {
     let mut command = Command::new("python3");
     command
-        .arg(repo().join("examples/python").join(script))
+        .arg(crate::repo().join("examples/python").join(script))
         .env("ORDO_STUBS_DIR", stubs)
-        .env("ORDO_PROTO_DIR", repo().join("proto"))
+        .env("ORDO_PROTO_DIR", crate::repo().join("proto"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null());
     command
