@@ -57,18 +57,14 @@ pub fn recover(
         last_lsn: None,
         frames: Vec::new(),
     };
+    // Where writing resumes: after the last segment's frames, or where a torn frame starts.
+    let mut resume = (last_index, 0);
     for (i, &index) in indexes.iter().enumerate() {
         let path = segment::path(dir, index);
         let bytes = fs::read(&path).map_err(io("segment read"))?;
-        let end = scan.segment(&path, &bytes, &indexes[i + 1..], dir)?;
-        match end {
-            SegmentEnd::Clean(_) if index != last_index => {
-                sealed.push(index, scan.last_lsn.unwrap_or(0));
-            }
-            SegmentEnd::Clean(pos) => {
-                let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
-                return Ok(scan.finish(journal));
-            }
+        match scan.segment(&path, &bytes, &indexes[i + 1..], dir)? {
+            SegmentEnd::Clean(pos) if index == last_index => resume = (index, pos),
+            SegmentEnd::Clean(_) => sealed.push(index, scan.last_lsn.unwrap_or(0)),
             SegmentEnd::Torn(pos) => {
                 // Nothing valid follows: later segments hold no frames. Drop them and cut here.
                 for &later in &indexes[i + 1..] {
@@ -77,21 +73,14 @@ pub fn recover(
                 let file = segment::open(dir, index).map_err(io("segment open"))?;
                 let len = bytes.len() as u64;
                 segment::zero_range(&file, pos, len.max(pos)).map_err(io("torn tail cut"))?;
-                let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
-                return Ok(scan.finish(journal));
+                resume = (index, pos);
+                break;
             }
         }
     }
-    unreachable_end(dir)
-}
-
-/// The loop above returns at the last segment; this keeps the function total without a panic.
-fn unreachable_end(dir: &Path) -> Result<Recovered, JournalError> {
-    Err(JournalError::Corrupt {
-        file: dir.to_path_buf(),
-        position: 0,
-        reason: "journal scan ended without reaching its last segment".into(),
-    })
+    let (index, pos) = resume;
+    let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
+    Ok(scan.finish(journal))
 }
 
 struct Scan {
