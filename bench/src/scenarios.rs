@@ -259,6 +259,7 @@ pub async fn e2e(
                     stream_ids: vec![stream_id],
                 }),
                 heartbeat_interval_ms: 1000,
+                ..Default::default()
             };
             let mut stream = light::subscribe(channel, request).await?;
             let mut samples = Vec::new();

@@ -106,6 +106,7 @@ pub async fn head(events: &mut Events) -> u64 {
             start: end(),
             filter: None,
             limit: 1,
+            ..Default::default()
         })
         .await
         .expect("read head")
@@ -128,6 +129,7 @@ pub async fn read_filtered(events: &mut Events, filter: Option<EventFilter>) -> 
                 start: after(after_offset),
                 filter: filter.clone(),
                 limit: 1000,
+                ..Default::default()
             })
             .await
             .expect("read page")

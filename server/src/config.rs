@@ -6,6 +6,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
+    admin::RetentionConfig,
     store::{LogOptions, SyncMode},
     webhooks::WebhookConfig,
 };
@@ -23,6 +24,8 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// How long idempotency keys are remembered.
     pub idempotency_retention: Duration,
+    /// Which events are kept, and how often compaction runs (docs/operations.md).
+    pub retention: RetentionConfig,
     pub limits: Limits,
     /// Webhook delivery: SSRF allow-list, timeouts, retry schedule, bounds.
     pub webhooks: WebhookConfig,
@@ -41,6 +44,7 @@ impl ServerConfig {
             sled_flush_interval: LogOptions::default().sled_flush_interval,
             heartbeat_interval: Duration::from_secs(5),
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
+            retention: RetentionConfig::default(),
             limits: Limits::default(),
             webhooks: WebhookConfig::default(),
             auth: AuthConfig::default(),

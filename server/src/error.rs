@@ -152,6 +152,9 @@ impl OrdoError {
                     Code::AlreadyExists
                 }
                 StoreError::Closed | StoreError::Poisoned(_) => Code::Unavailable,
+                StoreError::Trimmed { .. } => Code::OutOfRange,
+                StoreError::UnknownStream { .. } => Code::NotFound,
+                StoreError::Backup(_) => Code::FailedPrecondition,
                 StoreError::Sled(_)
                 | StoreError::Io(_)
                 | StoreError::Journal(_)

@@ -35,6 +35,7 @@
 //! - **Settings.** [`config::ServerConfig`] is plain data with working defaults; `main.rs`
 //!   fills it from flags, tests from code.
 
+pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod config;

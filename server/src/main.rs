@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use ordo_server::{ServerConfig, store::SyncMode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,40 @@ struct Args {
     /// stream); 0 = no limit.
     #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Remove events older than this, e.g. `7d`, `12h` (docs/operations.md). Off by default.
+    #[arg(long, env = "ORDO_RETENTION_MAX_AGE", value_parser = humantime::parse_duration)]
+    retention_max_age: Option<Duration>,
+    /// Remove the oldest events while the retained ones take more than this, e.g. `10GiB`
+    /// (their encoded size, not the disk's). Off by default.
+    #[arg(long, env = "ORDO_RETENTION_MAX_BYTES")]
+    retention_max_bytes: Option<bytesize::ByteSize>,
+    /// How often compaction runs: retention, and removing deleted streams from storage.
+    #[arg(long, env = "ORDO_COMPACTION_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    compaction_interval: Duration,
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// Offline tools on a data dir (the server must not be running on it).
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Restore a backup (from `ordo admin backup` or `ordo-server backup`) into a new, empty
+    /// data dir, then start the server on it.
+    Restore {
+        /// The backup directory (or its `ordo.backup` file).
+        backup: PathBuf,
+        /// The data dir to create; must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Back up the data dir of a stopped server (a running one: `ordo admin backup DIR`).
+    Backup {
+        /// The directory to write the backup to (created).
+        out: PathBuf,
+        /// The data dir to back up.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(tool) = args.tool {
+        return run_tool(tool);
+    }
 
     let mut config = ServerConfig::new(&args.data_dir);
     config.sync = match args.sync {
@@ -165,6 +202,9 @@ async fn main() -> anyhow::Result<()> {
     config.limits.append_burst_per_token = args.append_burst_per_token;
     config.limits.request_timeout =
         (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms));
+    config.retention.max_age = args.retention_max_age;
+    config.retention.max_bytes = args.retention_max_bytes.map(|size| size.as_u64());
+    config.retention.interval = args.compaction_interval.max(Duration::from_millis(100));
     config.auth.insecure = args.insecure;
     config.auth.open_health = !args.auth_health;
     config.auth.open_reflection = !args.auth_reflection;
@@ -196,6 +236,40 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("ordo-server failed")?;
     info!("ordo-server stopped");
+    Ok(())
+}
+
+/// Runs an offline tool and prints what it did.
+fn run_tool(tool: Tool) -> anyhow::Result<()> {
+    use ordo_server::admin::backup;
+    match tool {
+        Tool::Restore {
+            backup: from,
+            data_dir,
+        } => {
+            let done = backup::restore(&from, &data_dir)
+                .with_context(|| format!("cannot restore {}", from.display()))?;
+            println!(
+                "restored offsets {}..={} into {} ({} bytes); start ordo-server --data-dir {}",
+                done.first_offset,
+                done.head,
+                data_dir.display(),
+                done.bytes,
+                data_dir.display()
+            );
+        }
+        Tool::Backup { out, data_dir } => {
+            let done = backup::backup_offline(&data_dir, &out)
+                .with_context(|| format!("cannot back up {}", data_dir.display()))?;
+            println!(
+                "backed up offsets {}..={} to {} ({} bytes)",
+                done.first_offset,
+                done.head,
+                out.display(),
+                done.bytes
+            );
+        }
+    }
     Ok(())
 }
 

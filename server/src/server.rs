@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    order_service_server::OrderServiceServer, webhook_service_server::WebhookServiceServer,
+    admin_service_server::AdminServiceServer, order_service_server::OrderServiceServer,
+    webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -12,9 +13,13 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
+    admin::Maintenance,
     auth::{Auth, AuthLayer, TokensError, layer::AuthSettings},
     config::{ServerConfig, TlsConfig},
-    grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi, wire::EventServiceServer},
+    grpc::{
+        admin::AdminApi, events::EventApi, orders::OrderApi, webhooks::WebhookApi,
+        wire::EventServiceServer,
+    },
     orders::OrderCommands,
     store::{LogOptions, SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},
@@ -113,12 +118,21 @@ async fn serve(
     let webhooks = WebhookServiceServer::new(WebhookApi::new(hooks.clone()))
         .max_decoding_message_size(max_message);
 
+    // Compaction (retention, deleted streams); consumers of the log learn when it trims.
+    let maintenance = Maintenance::new(log.clone(), config.retention.clone());
+    let woken = hooks.clone();
+    maintenance.hooks().register(move |_first| woken.wake_all());
+    let compactor = maintenance.clone().spawn(shutdown.clone());
+    let admin = AdminServiceServer::new(AdminApi::new(log.clone(), maintenance))
+        .max_decoding_message_size(max_message);
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrderServiceServer<OrderApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health
         .set_serving::<WebhookServiceServer<WebhookApi>>()
         .await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
 
     // grpcurl 1.8 speaks only v1alpha, newer tools v1: serve both.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -153,6 +167,7 @@ async fn serve(
         .add_service(orders)
         .add_service(events)
         .add_service(webhooks)
+        .add_service(admin)
         // Nodelay on every accepted socket: with Nagle, a response written after a window update
         // waits for the client's delayed ACK (~40 ms). Builder::tcp_nodelay only applies to
         // listeners tonic binds itself.
@@ -182,6 +197,7 @@ async fn serve(
     hooks.join().await;
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
+    let _ = compactor.await;
     info!(rejections = ?crate::rejections::summary(), "rejections since start");
     served?;
     Ok(())

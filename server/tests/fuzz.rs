@@ -460,12 +460,12 @@ proptest! {
 
     #[test]
     fn read_events(start in start(), filter in filter(), limit in any::<u32>()) {
-        check("ReadEvents", |ch| raw_unary(ch, PATHS[5], ReadEventsRequest { start, filter, limit }))?;
+        check("ReadEvents", |ch| raw_unary(ch, PATHS[5], ReadEventsRequest { start, filter, limit, ..Default::default() }))?;
     }
 
     #[test]
     fn subscribe(start in start(), filter in filter(), heartbeat_interval_ms in any::<u32>()) {
-        check("Subscribe", |ch| raw_subscribe(ch, SubscribeRequest { start, filter, heartbeat_interval_ms }))?;
+        check("Subscribe", |ch| raw_subscribe(ch, SubscribeRequest { start, filter, heartbeat_interval_ms, ..Default::default() }))?;
     }
 
     #[test]

@@ -202,6 +202,7 @@ async fn read(
             start: Some(start.to_proto()),
             filter: proto_filter(&filter),
             limit,
+            ..Default::default()
         })
         .await
         .context("cannot read events")?;

@@ -21,6 +21,7 @@ pub async fn read_all(client: &OrdoClient) -> Vec<Event> {
                 }),
                 filter: None,
                 limit: 1000,
+                ..Default::default()
             })
             .await
             .expect("read events");

@@ -45,6 +45,7 @@ pub struct SubscribeOptions {
     pub(crate) backoff: BackoffPolicy,
     pub(crate) cursor_file: Option<PathBuf>,
     pub(crate) max_attempts: Option<u32>,
+    pub(crate) start_at_first_retained: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -57,6 +58,7 @@ impl Default for SubscribeOptions {
             backoff: BackoffPolicy::default(),
             cursor_file: None,
             max_attempts: None,
+            start_at_first_retained: false,
         }
     }
 }
@@ -109,6 +111,16 @@ impl SubscribeOptions {
     /// fail (default: never).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// When [`SubscribeOptions::start`] names an offset that retention has already removed,
+    /// begin at the server's first retained offset instead of failing with
+    /// [`crate::ClientError::OutOfRange`]. Applies to the first connection only: a resume
+    /// (from the last position, or a cursor file) that retention overtook still fails, so a
+    /// consumer never skips events without knowing.
+    pub fn start_at_first_retained(mut self, yes: bool) -> Self {
+        self.start_at_first_retained = yes;
         self
     }
 

@@ -111,6 +111,8 @@ impl Task {
             filter: self.options.filter(),
             heartbeat_interval_ms: u32::try_from(self.options.heartbeat.as_millis())
                 .unwrap_or(u32::MAX),
+            start_at_first_retained: self.resume_after.is_none()
+                && self.options.start_at_first_retained,
         }
     }
 

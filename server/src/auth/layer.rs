@@ -59,6 +59,7 @@ pub fn rule_for(path: &str, open_health: bool, open_reflection: bool) -> Rule {
             scope(Scope::EventsSubscribe, false)
         }
         ("ordo.v1.WebhookService", _) => scope(Scope::WebhooksAdmin, false),
+        ("ordo.v1.AdminService", _) => scope(Scope::Admin, false),
         _ => Rule::Authenticated,
     }
 }
@@ -308,6 +309,8 @@ mod tests {
                 Scope::WebhooksAdmin,
                 false,
             ),
+            ("/ordo.v1.AdminService/Backup", Scope::Admin, false),
+            ("/ordo.v1.AdminService/DeleteStream", Scope::Admin, false),
         ];
         for (path, scope, append) in cases {
             assert_eq!(

@@ -50,15 +50,18 @@ pub enum Scope {
     EventsPublish,
     EventsSubscribe,
     WebhooksAdmin,
+    /// AdminService: compaction, stream deletion, backups (which hold every event).
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::OrdersRead,
         Scope::OrdersWrite,
         Scope::EventsPublish,
         Scope::EventsSubscribe,
         Scope::WebhooksAdmin,
+        Scope::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Scope {
             Scope::EventsPublish => "events:publish",
             Scope::EventsSubscribe => "events:subscribe",
             Scope::WebhooksAdmin => "webhooks:admin",
+            Scope::Admin => "admin",
         }
     }
 }
@@ -214,6 +218,12 @@ impl TokenSet {
                     "webhooks:admin cannot be combined with event_types/streams: a webhook would deliver events outside them".into(),
                 ));
             }
+            // A backup holds every event, and deleting streams reaches outside any prefix.
+            if restriction.is_some() && scopes.contains(&Scope::Admin) {
+                return Err(invalid(
+                    "admin cannot be combined with event_types/streams: backups and stream deletion reach every event".into(),
+                ));
+            }
             if grants.iter().any(|g| g.name == entry.name) {
                 return Err(invalid("the name is used twice".into()));
             }
@@ -350,6 +360,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("webhooks:admin")
+        );
+        let restricted_ops = restricted_admin.replace("webhooks:admin", "admin");
+        assert!(
+            file(&restricted_ops)
+                .unwrap_err()
+                .to_string()
+                .contains("admin cannot be combined with event_types/streams")
         );
     }
 

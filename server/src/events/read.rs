@@ -29,16 +29,21 @@ pub fn read_within(
     let limit = paging::page_size("limit", req.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let matcher = Matcher::new(req.filter.as_ref())?.within(within);
     let head = log.head();
-    let first = position::first_offset(req.start.as_ref(), head)?;
+    let range = position::Range {
+        first: log.first_offset(),
+        head,
+    };
+    let first = position::first_offset(req.start.as_ref(), range, req.start_at_first_retained)?;
     let mut next = first;
     let mut events = Vec::new();
     let mut bytes = 0;
     'scan: while next <= head && next - first < MAX_SCAN && events.len() < limit {
-        let chunk = log.read(next, limit.min(MAX_LIMIT), READ_CHUNK_BYTES)?;
-        if chunk.is_empty() {
+        let page = log.read_page(next, limit.min(MAX_LIMIT), READ_CHUNK_BYTES)?;
+        if page.next <= next {
             break;
         }
-        for event in chunk {
+        for raw in page.events {
+            let event = raw.decode()?;
             if matcher.matches(&event) {
                 // The event that would overflow the page starts the next one.
                 let size = event.encoded_len();
@@ -55,10 +60,13 @@ pub fn read_within(
                 next = event.offset + 1;
             }
         }
+        // Events of deleted streams at the end of the page were examined too.
+        next = page.next;
     }
     Ok(ReadEventsResponse {
         events,
         next_after_offset: next - 1,
         head_offset: head,
+        first_offset: range.first,
     })
 }

@@ -19,7 +19,7 @@ use crate::{
     auth::StreamAccess,
     error::OrdoError,
     filter::Matcher,
-    store::{RawEvent, SharedLog},
+    store::{RawEvent, SharedLog, StoreError},
 };
 
 /// Messages buffered per subscriber between its task and the network.
@@ -40,11 +40,13 @@ pub enum Item {
     /// A matching event, in its stored encoding (sent as is: no decode or re-encode per event).
     Event(Bytes),
     /// Everything up to `head_offset` was sent: what follows is live. Sent once.
-    CaughtUp { head_offset: u64 },
-    /// Nothing to send for a while; `scanned_offset` tells how far a filtered scan got.
+    CaughtUp { head_offset: u64, first_offset: u64 },
+    /// Nothing to send for a while; `scanned_offset` tells how far a filtered scan got (events
+    /// of deleted streams are scanned past like events the filter does not match).
     Heartbeat {
         head_offset: u64,
         scanned_offset: u64,
+        first_offset: u64,
         time: SystemTime,
     },
 }
@@ -57,6 +59,9 @@ pub type ItemStream = ReceiverStream<Result<Item, OrdoError>>;
 pub struct Subscription {
     pub log: SharedLog,
     pub first_offset: u64,
+    /// The request's `start_at_first_retained`: if retention moves the first offset past
+    /// `first_offset` before anything was read, begin at the new first offset too.
+    pub start_at_first_retained: bool,
     pub matcher: Matcher,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
@@ -91,15 +96,26 @@ impl Subscription {
             let head = *head_rx.borrow_and_update();
             paced_rx.borrow_and_update();
             while next <= head {
-                let events = match self.log.read_raw(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
-                    Ok(events) if !events.is_empty() => events,
+                // A subscriber that retention overtakes (it lags behind the oldest retained
+                // event) ends here with OUT_OF_RANGE naming the first retained offset.
+                let page = match self
+                    .log
+                    .read_page(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES)
+                {
+                    Ok(page) if page.next > next => page,
                     Ok(_) => break,
+                    Err(StoreError::Trimmed { first, .. })
+                        if self.start_at_first_retained && next == self.first_offset =>
+                    {
+                        next = first;
+                        continue;
+                    }
                     Err(err) => {
                         feed.fail(OrdoError::from(err)).await;
                         return;
                     }
                 };
-                for event in events {
+                for event in page.events {
                     // Checked per event too, so a long catch-up cannot outlive a revoked token.
                     if self.access.is_revoked() {
                         feed.revoked(&self.access).await;
@@ -117,12 +133,16 @@ impl Subscription {
                         feed.end(offset - 1).await;
                         return;
                     }
-                    next = offset + 1;
                 }
+                // Past the page's events and the deleted ones around them.
+                next = page.next;
                 // A long scan with a sparse filter still tells the client where it is.
                 if last_beat.elapsed() >= self.heartbeat {
                     last_beat = Instant::now();
-                    if !feed.heartbeat(head, next - 1).await {
+                    if !feed
+                        .heartbeat(head, next - 1, self.log.first_offset())
+                        .await
+                    {
                         feed.end(next - 1).await;
                         return;
                     }
@@ -132,6 +152,7 @@ impl Subscription {
                 caught_up = true;
                 let marker = Item::CaughtUp {
                     head_offset: next - 1,
+                    first_offset: self.log.first_offset(),
                 };
                 if !feed.send(marker).await {
                     feed.end(next - 1).await;
@@ -166,7 +187,7 @@ impl Subscription {
                 _ = tokio::time::sleep(beat_in) => {
                     last_beat = Instant::now();
                     let head = *head_rx.borrow();
-                    if !feed.heartbeat(head, next - 1).await {
+                    if !feed.heartbeat(head, next - 1, self.log.first_offset()).await {
                         feed.end(next - 1).await;
                         return;
                     }
@@ -199,10 +220,11 @@ impl Feed {
         self.send(Item::Event(encoded)).await
     }
 
-    async fn heartbeat(&mut self, head: u64, scanned: u64) -> bool {
+    async fn heartbeat(&mut self, head: u64, scanned: u64, first: u64) -> bool {
         self.send(Item::Heartbeat {
             head_offset: head,
             scanned_offset: scanned,
+            first_offset: first,
             time: SystemTime::now(),
         })
         .await
@@ -235,8 +257,13 @@ impl Feed {
         let _ = tokio::time::timeout(REVOKED_GRACE, self.tx.send(Err(err))).await;
     }
 
+    /// Ends the stream with `err` once the client has read what is queued before it (a
+    /// subscriber that retention overtook is typically one that reads slowly): ending without
+    /// it would look like a clean end. Gives up if the client leaves or the server shuts down.
     async fn fail(&mut self, err: OrdoError) {
-        // Best effort: a full channel at shutdown just drops the error with the stream.
-        let _ = self.tx.try_send(Err(err));
+        tokio::select! {
+            _ = self.tx.send(Err(err)) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
 }

@@ -37,15 +37,23 @@ pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Stat
 fn frame(item: Result<Item, OrdoError>) -> Result<SubscribeFrame, Status> {
     let message = match item? {
         Item::Event(encoded) => Frame::Event(encoded),
-        Item::CaughtUp { head_offset } => Frame::CaughtUp(CaughtUp { head_offset }),
+        Item::CaughtUp {
+            head_offset,
+            first_offset,
+        } => Frame::CaughtUp(CaughtUp {
+            head_offset,
+            first_offset,
+        }),
         Item::Heartbeat {
             head_offset,
             scanned_offset,
+            first_offset,
             time,
         } => Frame::Heartbeat(Heartbeat {
             head_offset,
             scanned_offset,
             time: Some(time.into()),
+            first_offset,
         }),
     };
     Ok(SubscribeFrame {
@@ -93,7 +101,12 @@ impl EventService for EventApi {
         let req = request.into_inner();
         // A restricted token sees only its own events, whatever filter it asks for.
         let matcher = Matcher::new(req.filter.as_ref())?.within(principal.restriction());
-        let first_offset = position::first_offset(req.start.as_ref(), self.log.head())?;
+        let range = position::Range {
+            first: self.log.first_offset(),
+            head: self.log.head(),
+        };
+        let first_offset =
+            position::first_offset(req.start.as_ref(), range, req.start_at_first_retained)?;
         let heartbeat = match req.heartbeat_interval_ms {
             0 => self.config.heartbeat_interval,
             ms => Duration::from_millis(ms.into()).max(MIN_HEARTBEAT),
@@ -110,6 +123,7 @@ impl EventService for EventApi {
         let stream = Subscription {
             log: self.log.clone(),
             first_offset,
+            start_at_first_retained: req.start_at_first_retained,
             matcher,
             heartbeat,
             shutdown: self.shutdown.clone(),

@@ -89,6 +89,17 @@ impl OrderCommands {
         let events = self
             .log
             .read_stream(&model::stream_id(order_id), 1, version)?;
+        // Retention may have removed the stream's oldest events: the current order (its
+        // projection) stays, but a past version can no longer be folded from the start.
+        if events.first().map(|e| e.stream_version) != Some(1) || events.len() as u64 != version {
+            let removed = events
+                .first()
+                .map_or(version, |e| e.stream_version.saturating_sub(1));
+            return Err(OrdoError::OutOfRange(format!(
+                "order {order_id} versions 1 to {removed} were removed by retention, so at_version {version} cannot be rebuilt; GetOrder without at_version returns the current order (version {})",
+                current.version
+            )));
+        }
         Ok(model::fold(&events))
     }
 

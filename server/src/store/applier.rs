@@ -20,6 +20,7 @@ use super::{
     journal::{Op, Sealed},
     keys,
     pending::Pending,
+    progress::{Mark, Progress},
     sled_files::DurableFiles,
     tail::Tail,
 };
@@ -102,6 +103,8 @@ pub struct Applier {
     /// How often sled is made durable: the journal keeps about this much history.
     pub flush_every: Duration,
     pub backlog: Arc<Backlog>,
+    /// Where the applied and durable positions are published, for compaction and backups.
+    pub progress: Arc<Progress>,
 }
 
 impl Applier {
@@ -180,6 +183,10 @@ impl Applier {
             self.pending.applied(job.lsn, &job.ops);
         }
         self.tail.set_applied(last.head);
+        self.progress.set_applied(Mark {
+            lsn: last.lsn,
+            head: last.head,
+        });
         self.backlog
             .release(jobs.iter().map(|job| job.bytes).sum::<usize>());
         Ok(bytes)
@@ -187,10 +194,13 @@ impl Applier {
 
     /// Makes sled durable up to `lsn`, then deletes the journal segments it covers.
     pub fn flush(&mut self, lsn: u64) -> Result<(), StoreError> {
+        // Everything applied so far is in this flush; `lsn` is the newest of it.
+        let applied = self.progress.applied();
         self.db.flush()?;
         if let Some(files) = &mut self.durability {
             files.sync()?;
         }
+        self.progress.set_flushed(applied.head);
         let removed = self.sealed.release(lsn)?;
         if removed > 0 {
             debug!(lsn, removed, "journal segments released");

@@ -36,6 +36,12 @@ impl RawEvent {
         Event::decode(self.bytes.as_ref()).map_err(|e| corrupt("event", e.to_string()))
     }
 
+    /// An event whose stream was deleted and that compaction removed from its chunk: its slot
+    /// keeps the offsets of the chunk's other events, its bytes are gone (see [`remove_events`]).
+    pub fn is_removed(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Just the fields filters look at; prost skips the rest without allocating for them.
     pub fn key(&self) -> Result<Arc<EventKey>, StoreError> {
         if let Some(key) = &self.known_key {
@@ -47,13 +53,36 @@ impl RawEvent {
     }
 }
 
-/// The `type` and `stream_id` fields of an `Event`, decoded alone (same field numbers).
+/// The `type`, `stream_id` and `stream_version` fields of an `Event`, decoded alone (same
+/// field numbers): what filters and deleted-stream checks look at.
 #[derive(Clone, PartialEq, Message)]
 pub struct EventKey {
     #[prost(string, tag = "4")]
     pub r#type: String,
     #[prost(string, tag = "6")]
     pub stream_id: String,
+    #[prost(uint64, tag = "7")]
+    pub stream_version: u64,
+}
+
+/// The `time` field of an `Event`, decoded alone: what age-based retention looks at.
+#[derive(Clone, PartialEq, Message)]
+pub struct EventTime {
+    #[prost(message, optional, tag = "8")]
+    pub time: Option<prost_types::Timestamp>,
+}
+
+impl EventTime {
+    /// The event's time in Unix milliseconds (0 when unset or undecodable).
+    pub fn ms(bytes: &[u8]) -> u64 {
+        let Ok(decoded) = Self::decode(bytes) else {
+            return 0;
+        };
+        decoded.time.map_or(0, |t| {
+            let ms = i128::from(t.seconds) * 1000 + i128::from(t.nanos) / 1_000_000;
+            u64::try_from(ms).unwrap_or(0)
+        })
+    }
 }
 
 /// Bytes after which a chunk is closed and the next event starts a new one. sled leaves hold
@@ -140,6 +169,7 @@ impl ChunkWriter {
         self.keys.push(Arc::new(EventKey {
             r#type: event.r#type.clone(),
             stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
         }));
     }
 
@@ -175,6 +205,28 @@ pub fn parse(first: u64, chunk: Bytes) -> Result<Vec<RawEvent>, StoreError> {
         offset += 1;
     }
     Ok(events)
+}
+
+/// The chunk starting at `first` with the events at `offsets` removed: each keeps its slot as a
+/// zero-length entry, so the offsets of the others do not move and readers skip it
+/// ([`RawEvent::is_removed`]). Returns the new chunk and the removed events' stored bytes.
+pub fn remove_events(
+    first: u64,
+    chunk: Bytes,
+    offsets: &std::collections::BTreeSet<u64>,
+) -> Result<(Vec<u8>, Vec<RawEvent>), StoreError> {
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut removed = Vec::new();
+    for event in parse(first, chunk)? {
+        if offsets.contains(&event.offset) && !event.is_removed() {
+            encode_varint(0, &mut out);
+            removed.push(event);
+        } else {
+            encode_varint(event.bytes.len() as u64, &mut out);
+            out.extend_from_slice(&event.bytes);
+        }
+    }
+    Ok((out, removed))
 }
 
 /// Packs the offsets of one stream's events within a batch (the stream index value).

@@ -25,4 +25,14 @@ pub enum StoreError {
     Journal(#[from] super::JournalError),
     #[error("corrupt data at {what}: {detail}")]
     Corrupt { what: String, detail: String },
+    /// A read below the first retained offset: retention removed those events.
+    #[error(
+        "offset {requested} is below the first retained offset {first}: retention removed the events before it; resume from offset {first} (start.from_offset = {first}) or set start_at_first_retained"
+    )]
+    Trimmed { requested: u64, first: u64 },
+    #[error("stream {stream_id:?} has no events to delete")]
+    UnknownStream { stream_id: String },
+    /// A backup could not be written, or a backup file is incomplete or damaged.
+    #[error("backup: {0}")]
+    Backup(String),
 }

@@ -10,6 +10,10 @@
 //! - `r` + caller-defined key               -> caller-defined value (projections)
 //! - `j`                                    -> last journal frame applied (u64 BE): where
 //!   recovery resumes replaying the journal (journal/)
+//! - `f`                                    -> first retained offset (u64 BE), absent = 1:
+//!   retention removed every event below it (compaction.rs)
+//! - `r` + 0x00 `tombstone/` + stream id    -> a deleted stream's tombstone (tombstones.rs): a
+//!   record in the reserved 0x00 corner of the record space, written through the journal
 
 pub const EVENT: u8 = b'e';
 const RECORD: u8 = b'r';
@@ -20,6 +24,8 @@ const IDEMPOTENCY: u8 = b'k';
 pub const IDEMPOTENCY_TIME: u8 = b't';
 /// The one key that records how far sled has applied the journal.
 pub const JOURNAL_APPLIED: &[u8] = b"j";
+/// The first retained offset; written by compaction only, straight to sled.
+pub const FIRST_RETAINED: &[u8] = b"f";
 
 pub fn event(offset: u64) -> [u8; 9] {
     let mut key = [EVENT; 9];

@@ -5,28 +5,36 @@
 //! touching it. [`SledLog`] is the embedded default.
 
 mod applier;
+mod backup;
 mod codec;
+mod compaction;
 mod error;
+mod first;
 mod journal;
 mod keys;
 mod pending;
+mod progress;
 mod reader;
 mod sled_files;
 mod sled_log;
 mod staging;
 mod tail;
+mod tombstones;
 mod view;
 mod writer;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, io::Write, pin::Pin, sync::Arc};
 
 use ordo_api::v1::Event;
 use tokio::sync::watch;
 
+pub use backup::{BackupSummary, RestoreSummary, restore};
 pub use codec::{EventKey, RawEvent};
+pub use compaction::{CompactionReport, RetentionRules};
 pub use error::StoreError;
 pub use journal::JournalError;
 pub use sled_log::{LogOptions, SledLog, SyncMode};
+pub use tombstones::Tombstone;
 
 /// One atomic append: every event is stored and every record written, or nothing is.
 pub struct AppendBatch {
@@ -132,6 +140,31 @@ pub type OutcomesFuture = Pin<
     Box<dyn Future<Output = Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>> + Send>,
 >;
 
+/// Resolves once a stream's tombstone is durable (see [`EventLog::delete_stream`]).
+pub type DeleteFuture = Pin<Box<dyn Future<Output = Result<Tombstone, StoreError>> + Send>>;
+
+/// One step of reading the log: the events found and where to go on from.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Events in offset order, without those of deleted streams.
+    pub events: Vec<RawEvent>,
+    /// Every offset below this was examined (returned, or skipped as deleted): read on from
+    /// here. Equal to the `from` asked for only when nothing was there to read.
+    pub next: u64,
+}
+
+/// The log's retained range and size, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogInfo {
+    pub first_offset: u64,
+    pub head: u64,
+    /// Allocated bytes of every file in the data dir (sled and the journal).
+    pub disk_bytes: u64,
+    /// Of `disk_bytes`, the journal's (preallocated segments).
+    pub journal_bytes: u64,
+    pub pending_deleted_streams: u64,
+}
+
 /// Resolves once batches are in the writer's queue, to the future of their outcomes. Splitting
 /// the two lets one task queue many batches in a known order and await their outcomes
 /// afterwards (`AppendStream` pipelines its events this way and still stores them in send
@@ -151,7 +184,9 @@ pub trait EventLog: Send + Sync + 'static {
     fn enqueue_many(&self, batches: Vec<AppendBatch>) -> EnqueueFuture;
     /// Events with `from <= offset <= head` in offset order: at most `max` of them, and no more
     /// once `max_bytes` of encoded events have been read (but always at least one if any), so a
-    /// reader's memory stays bounded whatever the payload sizes.
+    /// reader's memory stays bounded whatever the payload sizes. Events of deleted streams are
+    /// skipped (so offsets may jump); [`StoreError::Trimmed`] when `from` is below the first
+    /// retained offset.
     fn read(&self, from: u64, max: usize, max_bytes: usize) -> Result<Vec<Event>, StoreError> {
         self.read_raw(from, max, max_bytes)?
             .iter()
@@ -159,12 +194,30 @@ pub trait EventLog: Send + Sync + 'static {
             .collect()
     }
     /// [`EventLog::read`] without decoding: subscriptions forward the stored bytes as they are.
+    /// Empty only when no event is left up to the head (it reads past windows that hold only
+    /// deleted events); callers that track how far they scanned use [`EventLog::read_page`].
     fn read_raw(
         &self,
         from: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<RawEvent>, StoreError>;
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut from = from;
+        loop {
+            let page = self.read_page(from, max, max_bytes)?;
+            if !page.events.is_empty() || page.next <= from || page.next > self.head() {
+                return Ok(page.events);
+            }
+            from = page.next;
+        }
+    }
+    /// One bounded step of [`EventLog::read_raw`] that also says how far it examined the log,
+    /// so a reader moves past deleted events it was not given.
+    fn read_page(&self, from: u64, max: usize, max_bytes: usize) -> Result<Page, StoreError>;
+    /// The first retained offset: retention removed every event below it (1 when none were).
+    fn first_offset(&self) -> u64;
+    /// Changes whenever retention moves the first retained offset.
+    fn watch_first(&self) -> watch::Receiver<u64>;
     /// Events of one stream with `from_version <= stream_version <= to_version`, in order.
     fn read_stream(
         &self,
@@ -191,6 +244,22 @@ pub trait EventLog: Send + Sync + 'static {
     fn idempotent_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError>;
     /// Drops idempotency keys claimed before `cutoff_ms` (Unix milliseconds); returns how many.
     fn expire_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError>;
+    /// Deletes every event of a stream up to its current version: a tombstone written through
+    /// the journal like any append, after which no read returns those events; the next
+    /// [`EventLog::compact`] removes them from storage. Versions are not reused: the next
+    /// append continues after the deleted version. [`StoreError::UnknownStream`] when the
+    /// stream has no events; deleting it again with nothing new is a no-op.
+    fn delete_stream(&self, stream_id: &str) -> DeleteFuture;
+    /// Applies `rules` (moving the first retained offset) and removes from storage what is below
+    /// it and the events of deleted streams. Blocking (it reads and rewrites sled): call it
+    /// from a blocking thread. One at a time; backups wait for it and it waits for them.
+    fn compact(&self, rules: &RetentionRules) -> Result<CompactionReport, StoreError>;
+    /// Writes a consistent backup of the whole log and its records to `out` while appends go
+    /// on; it holds every write acknowledged before it began. Blocking: call it from a blocking
+    /// thread. Restore it with [`restore`].
+    fn backup(&self, out: &mut dyn Write) -> Result<BackupSummary, StoreError>;
+    /// The retained range and the data dir's size on disk. Blocking (it stats the files).
+    fn info(&self) -> Result<LogInfo, StoreError>;
     /// Makes everything durable and stops accepting appends; used on graceful shutdown.
     fn close(&self) -> Result<(), StoreError>;
 }

@@ -3,9 +3,10 @@
 //! that see both (`view.rs`, `reader.rs`).
 
 use std::{
+    io::Write,
     ops::Bound,
-    path::Path,
-    sync::{Arc, RwLock},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
     thread,
     time::Duration,
 };
@@ -16,23 +17,33 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
-    AppendBatch, AppendFuture, EnqueueFuture, EventLog, OutcomesFuture, RawEvent, Record,
-    StoreError, StoredResponse,
+    AppendBatch, AppendFuture, AppendOutcome, BackupSummary, CompactionReport, DeleteFuture,
+    EnqueueFuture, EventLog, LogInfo, OutcomesFuture, Page, Projection, Record, RecordWrite,
+    RetentionRules, StoreError, StoredResponse,
     applier::{Applier, ApplyJob, DEFAULT_FLUSH_EVERY, QUEUE_FRAMES},
+    backup,
     codec::{self, decode_offset},
-    journal::{self, JournalOptions},
+    compaction::Compactor,
+    first::FirstOffset,
+    journal::{self, JournalOptions, Sealed},
     keys,
     pending::Pending,
+    progress::{Mark, Progress},
     reader::Reader,
     sled_files::DurableFiles,
     staging::{self, Stores},
     tail::Tail,
+    tombstones::{self, Tombstone, Tombstones},
     view::{Direction, View},
     writer::{Job, Writer},
 };
 
 /// Appends that may wait for the writer before `append` itself waits: the queue's bound.
 const QUEUE_DEPTH: usize = 4096;
+/// The one sled tree everything lives in.
+pub(super) const TREE: &str = "log";
+/// Times `delete_stream` retries when an append to the stream races it.
+const DELETE_ATTEMPTS: usize = 5;
 
 /// How an acknowledged append is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,11 +81,32 @@ impl Default for LogOptions {
 /// The sled-backed event log.
 pub struct SledLog {
     db: sled::Db,
+    dir: PathBuf,
     view: View,
     reader: Reader,
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     head_rx: watch::Receiver<u64>,
     threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
+    first: Arc<FirstOffset>,
+    tombstones: Arc<Tombstones>,
+    progress: Arc<Progress>,
+    sealed: Sealed,
+    compactor: Compactor,
+    /// Held by whatever writes to sled outside the journal (compaction, idempotency expiry)
+    /// and by backups, which must see every change to sled in the journal while they run.
+    maintenance: Mutex<()>,
+}
+
+/// sled's settings, shared by the log and by restores (which must write what the log reads).
+pub(super) fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        // The applier flushes on its own schedule; sled's periodic flusher would only add
+        // contention.
+        .flush_every_ms(None)
+        // Larger segments raise sled's blob threshold (a quarter segment) above our node
+        // sizes, so nodes stay in the main file; see codec.rs.
+        .segment_size(8 * 1024 * 1024)
 }
 
 impl SledLog {
@@ -94,16 +126,9 @@ impl SledLog {
     /// in sled and the last event key, so its cost does not grow with the log.
     pub fn open_with(dir: &Path, options: LogOptions) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let config = sled::Config::new()
-            .path(dir)
-            // The applier flushes on its own schedule; sled's periodic flusher would only add
-            // contention.
-            .flush_every_ms(None)
-            // Larger segments raise sled's blob threshold (a quarter segment) above our node
-            // sizes, so nodes stay in the main file; see codec.rs.
-            .segment_size(8 * 1024 * 1024);
+        let config = sled_config(dir);
         let db = open_when_unlocked(&config)?;
-        let tree = db.open_tree("log")?;
+        let tree = db.open_tree(TREE)?;
         let applied = match tree.get(keys::JOURNAL_APPLIED)? {
             Some(bytes) => decode_offset(&bytes, "journal applied lsn")?,
             None => 0,
@@ -119,6 +144,11 @@ impl SledLog {
         )?;
         let pending = Arc::new(Pending::default());
         let tail = Arc::new(Tail::default());
+        let progress = Arc::new(Progress::new(Mark {
+            lsn: applied,
+            head: 0,
+        }));
+        let sealed = recovered.journal.sealed();
         let mut applier = Applier {
             db: db.clone(),
             tree: tree.clone(),
@@ -132,6 +162,7 @@ impl SledLog {
             sealed: recovered.journal.sealed(),
             flush_every: options.sled_flush_interval,
             backlog: Arc::default(),
+            progress: progress.clone(),
         };
         let replayed = recovered.frames.len();
         if let Some(&(last, _)) = recovered.frames.last() {
@@ -150,17 +181,33 @@ impl SledLog {
             }
             applier.flush(last)?;
         }
-        let head = last_offset(&tree)?;
-        info!(head, replayed, dir = %dir.display(), ?options, "event log opened");
+        let first = Arc::new(FirstOffset::load(&tree)?);
+        // Offsets are never reused: with every event removed, the head stays below the first.
+        let head = last_offset(&tree)?.max(first.get() - 1);
+        progress.set_committed(recovered.next_lsn - 1);
+        progress.set_applied(Mark {
+            lsn: recovered.next_lsn - 1,
+            head,
+        });
+        progress.set_flushed(head);
+        let tombstones = Arc::new(Tombstones::load(&tree)?);
+        info!(head, first = first.get(), replayed, dir = %dir.display(), ?options, "event log opened");
 
         let view = View {
             tree: tree.clone(),
             pending: pending.clone(),
         };
         let reader = Reader {
-            tree,
+            tree: tree.clone(),
             tail: tail.clone(),
         };
+        let compactor = Compactor::new(
+            tree,
+            tail.clone(),
+            first.clone(),
+            tombstones.clone(),
+            progress.clone(),
+        );
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(QUEUE_FRAMES);
@@ -178,6 +225,7 @@ impl SledLog {
             tail,
             applier: apply_tx,
             backlog: applier.backlog.clone(),
+            progress: progress.clone(),
         };
         let applier_thread = thread::Builder::new()
             .name("ordo-log-applier".into())
@@ -187,14 +235,64 @@ impl SledLog {
             .spawn(move || writer.run(receiver))?;
         Ok(Arc::new(Self {
             db,
+            dir: dir.to_path_buf(),
             view,
             reader,
             sender: RwLock::new(Some(sender)),
             head_rx,
             // Joined in this order on close: the writer's end lets the applier finish.
             threads: std::sync::Mutex::new(vec![writer_thread, applier_thread]),
+            first,
+            tombstones,
+            progress,
+            sealed,
+            compactor,
+            maintenance: Mutex::new(()),
         }))
     }
+
+    fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The lock guards no data: a panic while it was held leaves nothing inconsistent.
+        self.maintenance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Queues one batch on the writer and waits for its outcome.
+async fn send_batch(
+    sender: Option<mpsc::Sender<Job>>,
+    batch: AppendBatch,
+) -> Result<AppendOutcome, StoreError> {
+    let sender = sender.ok_or(StoreError::Closed)?;
+    let (reply, rx) = oneshot::channel();
+    sender
+        .send(Job::One { batch, reply })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    rx.await.map_err(|_| StoreError::Closed)?
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks, so sparse or preallocated files
+/// count what they really use).
+fn disk_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Removed since it was listed (a released journal segment).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        if meta.is_dir() {
+            total += disk_bytes(&entry.path())?;
+        } else {
+            total += meta.blocks() * 512;
+        }
+    }
+    Ok(total)
 }
 
 /// The smallest key above every key starting with `prefix`.
@@ -251,15 +349,7 @@ fn open_when_unlocked(config: &sled::Config) -> Result<sled::Db, StoreError> {
 impl EventLog for SledLog {
     fn append(&self, batch: AppendBatch) -> AppendFuture {
         let sender = self.sender.read().ok().and_then(|guard| guard.clone());
-        Box::pin(async move {
-            let sender = sender.ok_or(StoreError::Closed)?;
-            let (reply, rx) = oneshot::channel();
-            sender
-                .send(Job::One { batch, reply })
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        Box::pin(send_batch(sender, batch))
     }
 
     fn enqueue_many(&self, batches: Vec<AppendBatch>) -> EnqueueFuture {
@@ -277,13 +367,51 @@ impl EventLog for SledLog {
         })
     }
 
-    fn read_raw(
-        &self,
-        from: u64,
-        max: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        self.reader.read_raw(from, self.head(), max, max_bytes)
+    fn read_page(&self, from: u64, max: usize, max_bytes: usize) -> Result<Page, StoreError> {
+        let from = from.max(1);
+        self.first.check(from)?;
+        let head = self.head();
+        if from > head || max == 0 {
+            return Ok(Page {
+                events: Vec::new(),
+                next: from,
+            });
+        }
+        // Taken before reading: see `Tombstones::snapshot`.
+        let hidden = self.tombstones.snapshot();
+        let raw = self.reader.read_raw(from, head, max, max_bytes)?;
+        // Retention may have removed the range while it was read: it raises the first offset
+        // before it deletes anything, so a read that started below it fails here, not with a
+        // gap.
+        self.first.check(from)?;
+        match raw.first() {
+            Some(event) if event.offset == from => {}
+            other => {
+                return Err(codec::corrupt(
+                    "event log",
+                    format!(
+                        "reading from offset {from} (head {head}) found {:?}",
+                        other.map(|e| e.offset)
+                    ),
+                ));
+            }
+        }
+        let next = raw.last().map_or(from, |e| e.offset + 1);
+        let mut events = Vec::with_capacity(raw.len());
+        for event in raw {
+            if !tombstones::hides(hidden.as_ref(), &event)? {
+                events.push(event);
+            }
+        }
+        Ok(Page { events, next })
+    }
+
+    fn first_offset(&self) -> u64 {
+        self.first.get()
+    }
+
+    fn watch_first(&self) -> watch::Receiver<u64> {
+        self.first.watch()
     }
 
     fn read_stream(
@@ -292,7 +420,8 @@ impl EventLog for SledLog {
         from_version: u64,
         to_version: u64,
     ) -> Result<Vec<Event>, StoreError> {
-        let from_version = from_version.max(1);
+        let deleted = self.tombstones.get(stream_id).map_or(0, |t| t.version);
+        let from_version = from_version.max(1).max(deleted + 1);
         let mut events = Vec::new();
         if from_version > to_version {
             return Ok(events);
@@ -325,18 +454,32 @@ impl EventLog for SledLog {
             let first = decode_offset(&key[key.len() - 8..], "stream index key")?;
             for (i, offset) in codec::unpack_offsets(&value)?.into_iter().enumerate() {
                 let version = first + i as u64;
-                if version < from_version || version > to_version || offset > head {
+                if version < from_version
+                    || version > to_version
+                    || offset > head
+                    || offset < self.first.get()
+                {
                     continue;
                 }
-                let Some(event) = self.reader.read_one(offset, head)? else {
-                    return Err(codec::corrupt(
-                        "stream index",
-                        format!("offset {offset} missing"),
-                    ));
+                let event = match self.reader.read_one(offset, head)? {
+                    Some(event) if !event.is_removed() => event,
+                    // Removed by a compaction running meanwhile: a deleted stream, skipped.
+                    Some(_) => continue,
+                    // Trimmed by retention meanwhile: dropped below, with the rest under it.
+                    None if offset < self.first.get() => continue,
+                    None => {
+                        return Err(codec::corrupt(
+                            "stream index",
+                            format!("offset {offset} missing"),
+                        ));
+                    }
                 };
                 events.push(event.decode()?);
             }
         }
+        // Retention removes a prefix of the log: what is left of the stream is contiguous.
+        let first = self.first.get();
+        events.retain(|e| e.offset >= first);
         Ok(events)
     }
 
@@ -387,6 +530,7 @@ impl EventLog for SledLog {
 
     fn expire_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         // Straight to sled, outside the journal: an expiry lost in a crash is simply redone.
+        let _maintenance = self.maintenance();
         let tree = &self.view.tree;
         let mut removed = 0;
         let start = [keys::IDEMPOTENCY_TIME];
@@ -399,6 +543,86 @@ impl EventLog for SledLog {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    fn delete_stream(&self, stream_id: &str) -> DeleteFuture {
+        let sender = self.sender.read().ok().and_then(|guard| guard.clone());
+        let view = self.view.clone();
+        let head = self.head_rx.clone();
+        let tombstones = self.tombstones.clone();
+        let stream_id = stream_id.to_string();
+        Box::pin(async move {
+            let mut conflict = None;
+            for _ in 0..DELETE_ATTEMPTS {
+                let version = staging::read_version(&view, &stream_id)?;
+                if version == 0 {
+                    return Err(StoreError::UnknownStream { stream_id });
+                }
+                if let Some(existing) = tombstones.get(&stream_id)
+                    && existing.version >= version
+                {
+                    return Ok(existing);
+                }
+                // Read after the version: every event up to it lies at or below this head.
+                let tombstone = Tombstone {
+                    version,
+                    through_offset: *head.borrow(),
+                };
+                let record = RecordWrite {
+                    key: tombstones::record_key(&stream_id),
+                    value: Some(tombstone.encode()),
+                };
+                let batch = AppendBatch {
+                    events: Vec::new(),
+                    // Refused if an append to the stream got in first: then read again.
+                    expected_versions: vec![(stream_id.clone(), version)],
+                    idempotency: None,
+                    index_ids: false,
+                    project: Some(Box::new(move |_| Projection {
+                        records: vec![record],
+                        response: Vec::new(),
+                    })),
+                };
+                match send_batch(sender.clone(), batch).await {
+                    Ok(_) => {
+                        tombstones.insert(&stream_id, tombstone);
+                        return Ok(tombstone);
+                    }
+                    Err(err @ StoreError::VersionConflict { .. }) => conflict = Some(err),
+                    Err(err) => return Err(err),
+                }
+            }
+            // Appends kept landing on the stream: the caller sees ABORTED and retries.
+            Err(conflict.unwrap_or(StoreError::Closed))
+        })
+    }
+
+    fn compact(&self, rules: &RetentionRules) -> Result<CompactionReport, StoreError> {
+        let _maintenance = self.maintenance();
+        self.compactor.run(rules, crate::clock::now_ms())
+    }
+
+    fn backup(&self, out: &mut dyn Write) -> Result<BackupSummary, StoreError> {
+        let _maintenance = self.maintenance();
+        backup::write(
+            backup::Source {
+                tree: &self.view.tree,
+                sealed: &self.sealed,
+                progress: &self.progress,
+                first: &self.first,
+            },
+            out,
+        )
+    }
+
+    fn info(&self) -> Result<LogInfo, StoreError> {
+        Ok(LogInfo {
+            first_offset: self.first.get(),
+            head: self.head(),
+            disk_bytes: disk_bytes(&self.dir)?,
+            journal_bytes: disk_bytes(&self.dir.join("journal"))?,
+            pending_deleted_streams: self.tombstones.snapshot().map_or(0, |t| t.len() as u64),
+        })
     }
 
     fn close(&self) -> Result<(), StoreError> {

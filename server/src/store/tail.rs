@@ -78,6 +78,25 @@ impl Tail {
         }
     }
 
+    /// Drops the chunks that end at or below `offset` and that sled has: compaction calls it
+    /// after removing events there (retention, deleted streams), so readers find sled's
+    /// copy from then on, not the removed events.
+    pub fn drop_through(&self, offset: u64) {
+        let Ok(mut tail) = self.chunks.write() else {
+            return;
+        };
+        let applied = self.applied.load(Ordering::Acquire);
+        while tail
+            .chunks
+            .front()
+            .is_some_and(|c| c.last() <= offset && c.last() <= applied)
+        {
+            if let Some(old) = tail.chunks.pop_front() {
+                tail.bytes -= old.bytes;
+            }
+        }
+    }
+
     /// Called by the applier once sled holds every event up to `offset`.
     pub fn set_applied(&self, offset: u64) {
         self.applied.fetch_max(offset, Ordering::Release);

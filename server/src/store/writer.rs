@@ -17,6 +17,7 @@ use super::{
     applier::{ApplyJob, Backlog},
     journal::{Journal, Op},
     pending::Pending,
+    progress::Progress,
     staging::{Group, Stores},
     tail::Tail,
 };
@@ -105,6 +106,8 @@ pub(super) struct Writer {
     /// backlog), so a lagging sled slows appends down instead of growing memory.
     pub applier: SyncSender<ApplyJob>,
     pub backlog: Arc<Backlog>,
+    /// Where the last synced frame is published, for backups.
+    pub progress: Arc<Progress>,
 }
 
 impl Writer {
@@ -163,6 +166,7 @@ impl Writer {
                 return Err(err);
             }
             self.next_lsn += 1;
+            self.progress.set_committed(lsn);
             // Durable: make it visible, in this order, then answer.
             self.pending.insert(lsn, &group.ops);
             for chunk in group.chunks {

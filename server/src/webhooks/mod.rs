@@ -169,6 +169,15 @@ impl Webhooks {
         self.inner.task_locks.remove(id);
     }
 
+    /// Wakes every delivery task, e.g. after retention removed events: each re-reads its cursor
+    /// and records what it can no longer deliver.
+    pub fn wake_all(&self) {
+        let tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for handle in tasks.values() {
+            handle.wake.notify_one();
+        }
+    }
+
     /// Tells a waiting task to look for work again (e.g. after a redrive or a filter change).
     pub(crate) fn wake(&self, id: &str) {
         let tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());

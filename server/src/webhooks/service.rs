@@ -65,7 +65,13 @@ impl Webhooks {
         let head = self.log().head();
         let delivered_through = match req.start.as_ref().and_then(|s| s.position) {
             None | Some(Position::End(_)) => head,
-            Some(_) => position::first_offset(req.start.as_ref(), head)? - 1,
+            Some(_) => {
+                let range = position::Range {
+                    first: self.log().first_offset(),
+                    head,
+                };
+                position::first_offset(req.start.as_ref(), range, false)? - 1
+            }
         };
         let now = now_ms();
         let secret = signing::generate_secret();

@@ -9,5 +9,6 @@ mod durability;
 mod events;
 mod journal;
 mod orders;
+mod retention;
 mod security;
 mod webhooks;

@@ -53,6 +53,20 @@ pub fn encode(lsn: u64, ops: &[Op], out: &mut Vec<u8>) {
             }
         }
     }
+    seal(lsn, out);
+}
+
+/// Encodes one frame around an already encoded payload (a frame's ops, copied as they are)
+/// into `out` (cleared first).
+pub fn encode_payload(lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    out.extend_from_slice(payload);
+    seal(lsn, out);
+}
+
+/// Writes the header of the frame whose payload follows it in `out`.
+fn seal(lsn: u64, out: &mut [u8]) {
     let payload_len = (out.len() - HEADER_LEN) as u32;
     let payload_crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -77,6 +91,15 @@ pub enum Decoded<'a> {
     /// Something that is neither: a torn or corrupted frame. `lsn` is known when only the
     /// payload is damaged.
     Invalid { lsn: Option<u64>, reason: String },
+}
+
+/// The payload length a frame header announces, once its checksum holds: how many bytes to
+/// read next when frames are read from a stream rather than a whole segment.
+pub fn payload_len(header: &[u8; HEADER_LEN]) -> Option<usize> {
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    (word(0) == MAGIC && crc32fast::hash(&header[..20]) == word(20)).then(|| word(4) as usize)
 }
 
 /// Reads the frame starting at `buf[0]`.

@@ -26,7 +26,7 @@ use std::{
 use thiserror::Error;
 use tracing::warn;
 
-pub use frame::Op;
+pub use frame::{Decoded, HEADER_LEN, Op, decode, decode_ops, encode, encode_payload, payload_len};
 pub use recovery::recover;
 
 /// The first segment's size; each new segment doubles it up to the configured maximum, so an
@@ -187,11 +187,14 @@ impl Journal {
 }
 
 /// Segments the writer has moved past, oldest first, with the last lsn each holds. Shared with
-/// the applier, which deletes them once sled's copy is durable.
+/// the applier, which deletes them once sled's copy is durable, and with backups, which hold
+/// them back while they copy frames out (see [`Sealed::hold_from`]).
 #[derive(Clone)]
 pub struct Sealed {
     dir: PathBuf,
     segments: Arc<Mutex<VecDeque<(u64, u64)>>>,
+    /// While set, frames above this lsn are kept whatever sled has made durable.
+    hold: Arc<Mutex<Option<u64>>>,
 }
 
 impl Sealed {
@@ -199,6 +202,7 @@ impl Sealed {
         Self {
             dir: dir.to_path_buf(),
             segments: Arc::default(),
+            hold: Arc::default(),
         }
     }
 
@@ -209,8 +213,12 @@ impl Sealed {
     }
 
     /// Deletes every sealed segment whose frames are all at or below `durable_lsn` (sled has
-    /// made them durable). Oldest first, so a crash midway leaves a contiguous suffix.
+    /// made them durable) and not held. Oldest first, so a crash midway leaves a contiguous
+    /// suffix.
     pub fn release(&self, durable_lsn: u64) -> std::io::Result<usize> {
+        // Held for the whole release, so a hold taken meanwhile sees no segment go after it.
+        let hold = self.hold.lock().map_err(|_| poisoned())?;
+        let limit = hold.map_or(durable_lsn, |held| held.min(durable_lsn));
         let mut removed = 0;
         loop {
             let next = match self.segments.lock() {
@@ -218,7 +226,7 @@ impl Sealed {
                 Err(_) => None,
             };
             let Some((index, last_lsn)) = next else { break };
-            if last_lsn > durable_lsn {
+            if last_lsn > limit {
                 break;
             }
             segment::remove(&self.dir, index)?;
@@ -229,4 +237,64 @@ impl Sealed {
         }
         Ok(removed)
     }
+
+    /// Keeps every frame above the lsn `at` returns (called under the hold, so no release runs
+    /// between reading it and holding it) until [`Sealed::unhold`]; returns that lsn.
+    pub fn hold_from(&self, at: impl FnOnce() -> u64) -> std::io::Result<u64> {
+        let mut hold = self.hold.lock().map_err(|_| poisoned())?;
+        let lsn = at();
+        *hold = Some(lsn);
+        Ok(lsn)
+    }
+
+    /// Lets the applier delete segments again.
+    pub fn unhold(&self) {
+        if let Ok(mut hold) = self.hold.lock() {
+            *hold = None;
+        }
+    }
+
+    /// Calls `visit` with every frame `after < lsn <= through`, in order, read from the segment
+    /// files while the journal is live. Those frames must be synced (committed) and held; the
+    /// segment being written may end in a frame being written, which lies above `through`.
+    pub fn read_frames(
+        &self,
+        after: u64,
+        through: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), JournalError> {
+        let mut next = after + 1;
+        if next > through {
+            return Ok(());
+        }
+        for index in segment::indexes(&self.dir).map_err(io("journal listing"))? {
+            let path = segment::path(&self.dir, index);
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Released since the listing: it held only frames at or below the hold.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io("segment read")(err)),
+            };
+            let mut pos = 0;
+            while let Decoded::Frame { lsn, len, payload } = frame::decode(&bytes[pos..]) {
+                if lsn == next {
+                    visit(lsn, payload).map_err(io("frame copy"))?;
+                    next += 1;
+                    if next > through {
+                        return Ok(());
+                    }
+                }
+                pos += len;
+            }
+        }
+        Err(JournalError::Missing {
+            from: next,
+            to: through,
+            applied: after,
+        })
+    }
+}
+
+fn poisoned() -> std::io::Error {
+    std::io::Error::other("journal segment list lock poisoned")
 }

@@ -44,6 +44,25 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(indexes)
 }
 
+/// The segments in `dir`, by index, touching nothing: safe while the journal is live (a
+/// preparation's temporary file is simply not listed).
+pub fn indexes(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(index) = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(SUFFIX))
+            .and_then(|stem| stem.strip_suffix('.'))
+            .and_then(|stem| stem.parse::<u64>().ok())
+        {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    Ok(indexes)
+}
+
 /// Creates segment `index` of `bytes` zeros, durably: written under a temporary name, synced,
 /// renamed, and the directory synced, so a crash leaves either no segment or a whole one.
 pub fn create(dir: &Path, index: u64, bytes: u64) -> std::io::Result<()> {

@@ -24,6 +24,7 @@ mod outcome;
 mod parallel;
 pub mod retry;
 pub mod send;
+mod trimmed;
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::state::WebhookState;
-use crate::store::{SharedLog, StoreError};
+use crate::store::{Page, RawEvent, SharedLog, StoreError};
 pub use send::Sender;
 
 /// Read-ahead per webhook: at most this many events and (beyond the first) bytes, so even the
@@ -53,6 +54,10 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
     #[error("event at offset {0} is missing from the log")]
     MissingEvent(u64),
+    /// Retention removed events the webhook had not delivered yet: handled by recording the
+    /// skipped range (`trimmed.rs`), not by retrying.
+    #[error("events from offset {requested} were removed by retention (the log begins at {first})")]
+    Trimmed { requested: u64, first: u64 },
     #[error("a delivery attempt panicked: {0}")]
     Panicked(String),
 }
@@ -73,6 +78,9 @@ pub struct DeliveryTask {
     /// Read-ahead: the log from the next offset to examine on, one bounded chunk at most, so
     /// delivering a chunk costs one read rather than one per event.
     ahead: VecDeque<Event>,
+    /// The offsets `ahead` covers, `[start, end)`: every event in them that is not in `ahead`
+    /// was already taken or belongs to a deleted stream.
+    ahead_range: std::ops::Range<u64>,
     /// Ordered mode removed leftover parallel-mode retry records (after a mode switch).
     parallel_cleared: bool,
 }
@@ -94,6 +102,7 @@ impl DeliveryTask {
             wake,
             head,
             ahead: VecDeque::new(),
+            ahead_range: 0..0,
             parallel_cleared: false,
         }
     }
@@ -107,6 +116,14 @@ impl DeliveryTask {
             match self.step().await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => break,
+                Err(DeliveryError::Trimmed { .. }) => {
+                    if let Err(err) = self.skip_trimmed().await {
+                        warn!(webhook = %self.id, error = %err, "recording events removed by retention failed; retrying");
+                        if !self.sleep(ERROR_PAUSE).await {
+                            break;
+                        }
+                    }
+                }
                 Err(err) => {
                     warn!(webhook = %self.id, error = %err, "webhook delivery step failed; retrying");
                     if !self.sleep(ERROR_PAUSE).await {
@@ -133,6 +150,13 @@ impl DeliveryTask {
         if !hook.enabled {
             return Ok(Flow::Stop);
         }
+        let first = self.state.log().first_offset();
+        let cursor = self.state.load_cursor(&self.id)?;
+        let pending_trimmed = cursor.pending_offset != 0 && cursor.pending_offset < first;
+        if cursor.delivered_through + 1 < first || pending_trimmed {
+            self.skip_trimmed().await?;
+            return Ok(Flow::Continue);
+        }
         let matcher = match hook.matcher() {
             Ok(matcher) => matcher,
             Err(err) => {
@@ -146,39 +170,56 @@ impl DeliveryTask {
         self.step_ordered(&hook, &matcher).await
     }
 
-    /// Makes `ahead` start at offset `from`, reading a chunk if needed. False when `from` is
-    /// beyond the durable head (nothing to read yet).
+    /// Makes `ahead` hold the events from offset `from` on, reading a chunk if needed: its
+    /// first event may come later than `from` (deleted streams are skipped), or `ahead` may be
+    /// empty when only deleted events are left in the range it covers (`ahead_range.end` is
+    /// where to go on). False when `from` is beyond the durable head (nothing to read yet).
     fn fill_ahead(&mut self, from: u64) -> Result<bool, DeliveryError> {
         while self.ahead.front().is_some_and(|e| e.offset < from) {
             self.ahead.pop_front();
         }
-        if self.ahead.front().is_some_and(|e| e.offset != from) {
-            // Not contiguous (the cursor moved some other way): read afresh.
-            self.ahead.clear();
-        }
-        if !self.ahead.is_empty() {
+        if self.ahead_range.contains(&from) {
+            self.ahead_range.start = from;
             return Ok(true);
         }
+        self.ahead.clear();
+        self.ahead_range = 0..0;
         let head = *self.head.borrow_and_update();
         if from > head {
             return Ok(false);
         }
-        self.ahead = self
-            .state
-            .log()
-            .read(from, READ_CHUNK_EVENTS, READ_CHUNK_BYTES)?
-            .into();
-        if self.ahead.front().map(|e| e.offset) != Some(from) {
-            self.ahead.clear();
+        let page = read_page(self.state.log(), from, READ_CHUNK_EVENTS)?;
+        if page.next <= from {
             return Err(DeliveryError::MissingEvent(from));
         }
+        self.ahead_range = from..page.next;
+        self.ahead = page
+            .events
+            .iter()
+            .map(RawEvent::decode)
+            .collect::<Result<_, _>>()?;
         Ok(true)
     }
 }
 
-fn read_one(log: &SharedLog, offset: u64) -> Result<Event, DeliveryError> {
-    log.read(offset, 1, READ_CHUNK_BYTES)?
-        .into_iter()
-        .find(|e| e.offset == offset)
-        .ok_or(DeliveryError::MissingEvent(offset))
+/// One step of reading the log, with retention's removal as its own error.
+fn read_page(log: &SharedLog, from: u64, max: usize) -> Result<Page, DeliveryError> {
+    log.read_page(from, max, READ_CHUNK_BYTES)
+        .map_err(|err| match err {
+            StoreError::Trimmed { requested, first } => DeliveryError::Trimmed { requested, first },
+            other => DeliveryError::Store(other),
+        })
+}
+
+/// The event at `offset`; None when its stream was deleted (it is then skipped, like an event
+/// the filters no longer match).
+fn read_one(log: &SharedLog, offset: u64) -> Result<Option<Event>, DeliveryError> {
+    let page = read_page(log, offset, 1)?;
+    if page.next <= offset {
+        return Err(DeliveryError::MissingEvent(offset));
+    }
+    match page.events.first() {
+        Some(event) if event.offset == offset => Ok(Some(event.decode()?)),
+        _ => Ok(None),
+    }
 }

@@ -29,17 +29,37 @@ impl DeliveryTask {
         if cursor.pending_offset != 0 {
             let wait = cursor.next_attempt_ms.saturating_sub(now_ms());
             if wait > 0 {
-                // Re-enter the step afterwards: the definition may have changed meanwhile.
-                return Ok(if self.sleep(Duration::from_millis(wait)).await {
-                    Flow::Continue
-                } else {
-                    Flow::Stop
+                // Re-enter the step afterwards: the definition may have changed meanwhile, or
+                // retention may have removed the event (it wakes the task).
+                return Ok(tokio::select! {
+                    _ = self.cancel.cancelled() => Flow::Stop,
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => Flow::Continue,
+                    _ = self.wake.notified() => Flow::Continue,
                 });
             }
-            let event = read_one(&log, cursor.pending_offset)?;
-            if !cursor.pending_redrive && !matcher.matches(&event) {
+            let offset = cursor.pending_offset;
+            let event = read_one(&log, offset)?;
+            let unwanted = match &event {
+                // Its stream was deleted while it was being retried.
+                None => true,
+                Some(event) => !cursor.pending_redrive && !matcher.matches(event),
+            };
+            if unwanted && cursor.pending_redrive {
+                self.state
+                    .modify(&self.id, |_, c| {
+                        if c.pending_offset == offset && c.pending_redrive {
+                            c.clear_pending();
+                        }
+                        (
+                            vec![records::delete(records::redrive_key(&self.id, offset))],
+                            (),
+                        )
+                    })
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            if unwanted {
                 // The filters changed while the event was being retried: it is no longer wanted.
-                let offset = event.offset;
                 self.state
                     .modify(&self.id, |_, c| {
                         if c.pending_offset == offset && !c.pending_redrive {
@@ -51,6 +71,9 @@ impl DeliveryTask {
                     .await?;
                 return Ok(Flow::Continue);
             }
+            let Some(event) = event else {
+                return Ok(Flow::Continue);
+            };
             let attempt = cursor.pending_attempts + 1;
             return self
                 .attempt(hook, &event, cursor.pending_redrive, attempt)
@@ -61,7 +84,12 @@ impl DeliveryTask {
         if let Some((key, _)) = redrive.first()
             && let Some(offset) = records::trailing_u64(key)
         {
-            let event = read_one(&log, offset)?;
+            let Some(event) = read_one(&log, offset)? else {
+                // Its stream was deleted: nothing left to redrive.
+                let writes = vec![records::delete(records::redrive_key(&self.id, offset))];
+                self.state.modify(&self.id, |_, _| (writes, ())).await?;
+                return Ok(Flow::Continue);
+            };
             return self.attempt(hook, &event, true, 1).await;
         }
 
@@ -82,11 +110,11 @@ impl DeliveryTask {
                 return self.attempt(hook, &event, false, 1).await;
             }
         }
-        // Nothing read ahead matches: remember that, so a restart does not re-scan it.
-        let Some(last) = self.ahead.back().map(|e| e.offset) else {
-            return Ok(Flow::Continue);
-        };
+        // Nothing read ahead matches (or only deleted events are left): remember that, so a
+        // restart does not re-scan it.
+        let last = self.ahead_range.end - 1;
         self.ahead.clear();
+        self.ahead_range = 0..0;
         self.state
             .modify(&self.id, |_, c| {
                 if c.pending_offset == 0 {

@@ -118,11 +118,11 @@ impl DeliveryTask {
                 .collect();
             for (offset, attempts) in due {
                 let event = read_one(&log, offset)?;
-                if matcher.matches(&event) {
+                if let Some(event) = event.filter(|e| matcher.matches(e)) {
                     window.insert(offset, Slot::Busy);
                     self.spawn_job(jobs, &hook, event, false, attempts + 1);
                 } else {
-                    // The filters changed: the event is no longer wanted.
+                    // The filters changed, or its stream was deleted: no longer wanted.
                     window.insert(offset, Slot::Done);
                     let writes = vec![records::delete(records::parallel_key(&self.id, offset))];
                     self.state.modify(&self.id, |_, _| (writes, ())).await?;
@@ -135,15 +135,27 @@ impl DeliveryTask {
                     let queued = log.scan_records(&records::redrive_prefix(&self.id), None, 1)?;
                     if let Some(offset) = queued.first().and_then(|(k, _)| records::trailing_u64(k))
                     {
-                        redrive = Some(Slot::Busy);
-                        redrive_offset = offset;
-                        self.spawn_job(jobs, &hook, read_one(&log, offset)?, true, 1);
+                        match read_one(&log, offset)? {
+                            Some(event) => {
+                                redrive = Some(Slot::Busy);
+                                redrive_offset = offset;
+                                self.spawn_job(jobs, &hook, event, true, 1);
+                            }
+                            None => self.drop_redrive(offset).await?,
+                        }
                     }
                 }
                 Some(Slot::Waiting { attempts, due_ms }) if due_ms <= now && jobs.len() < max => {
-                    redrive = Some(Slot::Busy);
-                    let event = read_one(&log, redrive_offset)?;
-                    self.spawn_job(jobs, &hook, event, true, attempts + 1);
+                    match read_one(&log, redrive_offset)? {
+                        Some(event) => {
+                            redrive = Some(Slot::Busy);
+                            self.spawn_job(jobs, &hook, event, true, attempts + 1);
+                        }
+                        None => {
+                            redrive = None;
+                            self.drop_redrive(redrive_offset).await?;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -158,7 +170,9 @@ impl DeliveryTask {
                     break;
                 }
                 let Some(event) = self.ahead.pop_front() else {
-                    break;
+                    // Only events of deleted streams are left in what was read: past them.
+                    next = self.ahead_range.end;
+                    continue;
                 };
                 next = event.offset + 1;
                 if matcher.matches(&event) {
@@ -245,6 +259,13 @@ impl DeliveryTask {
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
             }
         }
+    }
+
+    /// Forgets a queued redrive whose event's stream was deleted.
+    async fn drop_redrive(&self, offset: u64) -> Result<(), DeliveryError> {
+        let writes = vec![records::delete(records::redrive_key(&self.id, offset))];
+        self.state.modify(&self.id, |_, _| (writes, ())).await?;
+        Ok(())
     }
 
     fn spawn_job(

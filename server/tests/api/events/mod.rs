@@ -39,6 +39,7 @@ fn sub(start: Option<ordo_api::v1::StartPosition>) -> SubscribeRequest {
         start,
         filter: None,
         heartbeat_interval_ms: 0,
+        ..Default::default()
     }
 }
 

@@ -26,6 +26,7 @@ async fn read_events_pages_and_start_positions() {
         start,
         filter: None,
         limit,
+        ..Default::default()
     };
     let page = read(&mut events, req(start(), 10)).await;
     assert_eq!(offsets(&page.events), (1..=10).collect::<Vec<_>>());
@@ -101,6 +102,7 @@ async fn read_events_filters() {
                     start: after(after_offset),
                     filter: f.clone(),
                     limit: 1,
+                    ..Default::default()
                 },
             )
             .await;
@@ -122,6 +124,7 @@ async fn read_events_filters() {
             start: None,
             filter: filter(&["nothing.*"], &[]),
             limit: 10,
+            ..Default::default()
         },
     )
     .await;
@@ -158,6 +161,7 @@ async fn bad_filters_are_invalid_argument() {
                 start: None,
                 filter: f.clone(),
                 limit: 0,
+                ..Default::default()
             })
             .await;
         assert_status(result, Code::InvalidArgument, needle);
@@ -167,6 +171,7 @@ async fn bad_filters_are_invalid_argument() {
                 start: None,
                 filter: f,
                 heartbeat_interval_ms: 0,
+                ..Default::default()
             },
         )
         .await;
@@ -233,6 +238,7 @@ async fn reads_and_subscriptions_can_start_inside_a_batch() {
                 start: after(k),
                 filter: None,
                 limit: 3,
+                ..Default::default()
             },
         )
         .await;
@@ -245,6 +251,7 @@ async fn reads_and_subscriptions_can_start_inside_a_batch() {
                     start: from(k),
                     filter: None,
                     limit: 2,
+                    ..Default::default()
                 },
             )
             .await;
@@ -289,6 +296,7 @@ async fn sparse_filtered_reads_page_past_the_scan_cap() {
         start: after(after_offset),
         filter: filter(&["needle.*"], &[]),
         limit: 10,
+        ..Default::default()
     };
     let first = read(&mut events, req(0)).await;
     assert!(first.events.is_empty());
@@ -317,6 +325,7 @@ async fn sparse_filtered_reads_page_past_the_scan_cap() {
             start: None,
             filter: filter(&[], &["needle"]),
             heartbeat_interval_ms: 100,
+            ..Default::default()
         },
     )
     .await

@@ -17,6 +17,7 @@ async fn graceful_shutdown_ends_subscriptions_with_unavailable() {
             start: end(),
             filter: filter(&["none.*"], &[]),
             heartbeat_interval_ms: 0,
+            ..Default::default()
         },
     )
     .await

@@ -78,6 +78,7 @@ async fn subscribe_filters_and_heartbeats() {
                 start: None,
                 filter: f.clone(),
                 heartbeat_interval_ms: 0,
+                ..Default::default()
             },
         )
         .await
@@ -105,6 +106,7 @@ async fn subscribe_filters_and_heartbeats() {
             start: None,
             filter: filter(&["nothing.*"], &[]),
             heartbeat_interval_ms: 100,
+            ..Default::default()
         },
     )
     .await
@@ -144,6 +146,7 @@ async fn subscribe_filters_and_heartbeats() {
             start: end(),
             filter: None,
             heartbeat_interval_ms: 1,
+            ..Default::default()
         },
     )
     .await
@@ -285,6 +288,7 @@ async fn seam_subscribers_joining_during_concurrent_appends() {
             start: start(),
             filter: filter(&["test.seam"], &["prod-1"]),
             heartbeat_interval_ms: 100,
+            ..Default::default()
         },
     )
     .await

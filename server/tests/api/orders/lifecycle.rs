@@ -351,6 +351,7 @@ async fn order_events_reach_filtered_readers() {
             start: after(a.last_offset),
             filter: filter(&[], &[&format!("order-{}", a.id)]),
             heartbeat_interval_ms: 0,
+            ..Default::default()
         },
     )
     .await
@@ -375,6 +376,7 @@ async fn order_events_reach_filtered_readers() {
             start: from(cancelled.last_offset),
             filter: None,
             limit: 1,
+            ..Default::default()
         })
         .await
         .expect("read")

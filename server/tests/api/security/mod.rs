@@ -9,11 +9,12 @@ use std::{
 };
 
 use ordo_api::v1::{
-    CancelOrderRequest, CreateWebhookRequest, DeleteWebhookRequest, EventFilter, GetOrderRequest,
-    GetWebhookRequest, ListDeadLettersRequest, ListDeliveriesRequest, ListOrdersRequest,
-    ListWebhooksRequest, PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest,
-    RotateSecretRequest, SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
-    UpdateWebhookRequest, event_service_client::EventServiceClient,
+    BackupRequest, CancelOrderRequest, CompactRequest, CreateWebhookRequest, DeleteStreamRequest,
+    DeleteWebhookRequest, EventFilter, GetLogInfoRequest, GetOrderRequest, GetWebhookRequest,
+    ListDeadLettersRequest, ListDeliveriesRequest, ListOrdersRequest, ListWebhooksRequest,
+    PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest, RotateSecretRequest,
+    SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest, UpdateWebhookRequest,
+    admin_service_client::AdminServiceClient, event_service_client::EventServiceClient,
     order_service_client::OrderServiceClient, subscribe_response::Message,
     webhook_service_client::WebhookServiceClient,
 };
@@ -75,9 +76,13 @@ enum Rpc {
     ListDeliveries,
     ListDeadLetters,
     RedriveDeadLetters,
+    GetLogInfo,
+    Compact,
+    DeleteStream,
+    Backup,
 }
 
-const ALL_RPCS: [Rpc; 17] = [
+const ALL_RPCS: [Rpc; 21] = [
     Rpc::CreateOrder,
     Rpc::GetOrder,
     Rpc::ListOrders,
@@ -95,6 +100,10 @@ const ALL_RPCS: [Rpc; 17] = [
     Rpc::ListDeliveries,
     Rpc::ListDeadLetters,
     Rpc::RedriveDeadLetters,
+    Rpc::GetLogInfo,
+    Rpc::Compact,
+    Rpc::DeleteStream,
+    Rpc::Backup,
 ];
 
 impl Rpc {
@@ -104,6 +113,7 @@ impl Rpc {
             Rpc::GetOrder | Rpc::ListOrders => Scope::OrdersRead,
             Rpc::Subscribe | Rpc::ReadEvents => Scope::EventsSubscribe,
             Rpc::Publish => Scope::EventsPublish,
+            Rpc::GetLogInfo | Rpc::Compact | Rpc::DeleteStream | Rpc::Backup => Scope::Admin,
             _ => Scope::WebhooksAdmin,
         }
     }
@@ -113,6 +123,7 @@ impl Rpc {
         let mut orders = OrderServiceClient::new(channel.clone());
         let mut events = EventServiceClient::new(channel.clone());
         let mut hooks = WebhookServiceClient::new(channel.clone());
+        let mut admin = AdminServiceClient::new(channel.clone());
         let t = token;
         let missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
         match self {
@@ -237,6 +248,27 @@ impl Rpc {
                     },
                     t,
                 ))
+                .await
+                .map(drop),
+            Rpc::GetLogInfo => admin
+                .get_log_info(with_token(GetLogInfoRequest {}, t))
+                .await
+                .map(drop),
+            Rpc::Compact => admin
+                .compact(with_token(CompactRequest {}, t))
+                .await
+                .map(drop),
+            Rpc::DeleteStream => admin
+                .delete_stream(with_token(
+                    DeleteStreamRequest {
+                        stream_id: "missing-stream".into(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::Backup => admin
+                .backup(with_token(BackupRequest {}, t))
                 .await
                 .map(drop),
         }

@@ -26,6 +26,7 @@ use tonic::{Code, transport::Channel};
 mod admin;
 mod delivery;
 mod retries;
+mod trimmed;
 
 type Hooks = WebhookServiceClient<Channel>;
 
