@@ -5,6 +5,7 @@
 //! Run one topic with a filter, e.g. `cargo test -p ordo-server --test api events::subscribe`.
 
 mod append_stream;
+mod backup;
 mod deletion;
 mod durability;
 mod events;
