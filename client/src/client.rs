@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
-    NewEvent, Order, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
-    SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
+    BackupRequest, BackupResponse, CancelOrderRequest, CompactRequest, CompactResponse,
+    CreateOrderRequest, DeleteStreamRequest, DeleteStreamResponse, GetLogInfoRequest,
+    GetLogInfoResponse, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, NewEvent, Order,
+    PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse, SubscribeRequest,
+    SubscribeResponse, UpdateOrderStatusRequest, admin_service_client::AdminServiceClient,
     event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
 };
 use tonic::{
@@ -180,6 +182,7 @@ impl ClientBuilder {
         Ok(OrdoClient {
             orders: OrderServiceClient::with_interceptor(channel.clone(), auth.clone()),
             events: EventServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone()),
             health: HealthClient::with_interceptor(channel, auth),
             url: self.url,
         })
@@ -217,6 +220,7 @@ pub enum Health {
 pub struct OrdoClient {
     orders: OrderServiceClient<AuthChannel>,
     events: EventServiceClient<AuthChannel>,
+    admin: AdminServiceClient<AuthChannel>,
     health: HealthClient<AuthChannel>,
     url: String,
 }
@@ -307,6 +311,46 @@ impl OrdoClient {
     /// the consumer sees each matching event exactly once, in order.
     pub fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
         Subscription::start(self.clone(), options)
+    }
+
+    /// The log's retained range, size on disk and retention settings (scope `admin`).
+    pub async fn log_info(&self) -> Result<GetLogInfoResponse> {
+        let request = GetLogInfoRequest {};
+        Ok(self.admin.clone().get_log_info(request).await?.into_inner())
+    }
+
+    /// Runs a compaction now: retention, and removing deleted streams from storage.
+    pub async fn compact(&self) -> Result<CompactResponse> {
+        Ok(self
+            .admin
+            .clone()
+            .compact(CompactRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes every event of a stream (see `AdminService/DeleteStream`).
+    pub async fn delete_stream(&self, stream_id: &str) -> Result<DeleteStreamResponse> {
+        let request = DeleteStreamRequest {
+            stream_id: stream_id.to_string(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .delete_stream(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Starts an online backup: `data` messages to write to one file in order, then a summary.
+    /// A stream that ends without the summary is an incomplete backup.
+    pub async fn backup(&self) -> Result<Streaming<BackupResponse>> {
+        Ok(self
+            .admin
+            .clone()
+            .backup(BackupRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Asks the gRPC health service about `service` (`""` for the whole server).

@@ -95,6 +95,17 @@ pub enum Command {
   ordo events publish --from-file events.jsonl"
     )]
     Events(EventsCommand),
+    /// Operate the log: its retained range, compaction, stream deletion, backups (scope
+    /// `admin`).
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  ordo admin info
+  ordo admin backup ./backups/2026-12-02      # then: ordo-server restore ./backups/2026-12-02 --data-dir NEW
+  ordo admin delete-stream customer-42 --yes
+  ordo admin compact"
+    )]
+    Admin(AdminCommand),
     /// Create demo orders and move them along, to have something to tail and query.
     #[command(after_help = "Examples:
   ordo demo                          # 50 orders as fast as the server takes them
@@ -204,6 +215,37 @@ pub enum OrdersCommand {
         /// Makes retries safe.
         #[arg(long)]
         idempotency_key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Show the retained range (first offset to head), the size on disk and the retention.
+    Info,
+    /// Run a compaction now (retention, and removing deleted streams from storage).
+    Compact,
+    /// Delete every event of a stream, e.g. a customer's data. Cannot be undone.
+    #[command(after_help = "Examples:
+  ordo admin delete-stream customer-42 --yes
+
+Reads, subscriptions and webhooks stop returning the events at once; the next compaction
+removes them from storage. New events on the stream continue its versions.")]
+    DeleteStream {
+        /// The stream to delete.
+        stream: String,
+        /// Confirm: deleting a stream cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Take an online, consistent backup into a new directory while the server keeps going.
+    #[command(after_help = "Examples:
+  ordo admin backup ./backups/2026-12-02
+
+Writes DIR/ordo.backup and DIR/ordo.backup.sha256 (check it with `sha256sum -c`). Restore
+with `ordo-server restore DIR --data-dir NEW_DATA_DIR`, then start the server on it.")]
+    Backup {
+        /// The directory to write the backup to (created; must not hold a backup already).
+        dir: PathBuf,
     },
 }
 

@@ -1,6 +1,7 @@
 //! The `ordo` command-line tool: argument parsing, one module per command group, and the
 //! printing and error-reporting shared by all of them.
 
+mod admin;
 pub mod args;
 mod demo;
 mod events;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Orders(command) => orders::run(&client, &out, command).await,
         Command::Events(command) => events::run(&client, &out, command).await,
+        Command::Admin(command) => admin::run(&client, &out, command).await,
         Command::Health { service } => health(&client, &out, &service).await,
         Command::Demo {
             orders,

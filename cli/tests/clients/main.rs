@@ -2,6 +2,7 @@
 //! and resume across restarts) and the `ordo-client` library it is built on (typed errors,
 //! self-resuming subscriptions, TLS and tokens). One binary, since both need the `ordo` binary.
 
+mod admin;
 mod cli;
 mod client_resume;
 mod producer;
