@@ -6,6 +6,7 @@
 //! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
 
 mod ceiling;
+mod ops;
 mod progress;
 mod report;
 mod scenarios;
@@ -112,6 +113,25 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
     },
+    /// Retention on the bench's own server: N events appended, one compaction down to
+    /// --keep-mib (timed), then --cycles rounds of N more appended and compacted: trim rate and
+    /// sled's bytes on disk at each step.
+    Retention {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 16)]
+        keep_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        cycles: usize,
+    },
+    /// Online backups of a log of N events: throughput alone and during appends, and the
+    /// appends' throughput (C closed-loop Publish clients) without and during backups.
+    Backup {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// Every scenario in turn (with `--quick`: tiny sizes, for CI smoke runs).
     All {
         #[arg(long)]
@@ -196,6 +216,29 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Scale { events } => {
             for row in scale(g, *events).await? {
+                emit(&row);
+            }
+        }
+        Scenario::Retention {
+            events,
+            keep_mib,
+            cycles,
+        } => {
+            if g.addr.is_some() {
+                anyhow::bail!(
+                    "retention sets the server's flags, so it needs the bench's own server (drop --addr)"
+                );
+            }
+            let mut args = ops::retention_server_args(*keep_mib);
+            args.extend(g.server_args.iter().cloned());
+            let (_server, _) = OwnedServer::start(&args).await?;
+            let channel = scenarios::connect(&_server.addr).await?;
+            emit(&ops::retention(&channel, *events, *cycles).await?);
+        }
+        Scenario::Backup { events, clients } => {
+            let (_owned, channel) = target(g).await?;
+            fill(&channel, *events).await?;
+            for row in ops::backup(&channel, *clients, duration).await? {
                 emit(&row);
             }
         }
