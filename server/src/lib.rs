@@ -25,6 +25,10 @@
 //!   `store` touches files.
 //! - **Where live subscribers are woken.** The durable head (a `watch`); on a crowded server a
 //!   paced copy of it ([`events::pacer`]) so one wake-up carries several commits.
+//! - **Where it is trimmed, deleted and backed up.** [`admin`]: the compaction task (retention by
+//!   age or size, removal of deleted streams) with the hooks consumers of the log register to
+//!   learn that it trimmed past them, `DeleteStream`'s rules, and backups; the storage work is in
+//!   `store` (docs/operations.md).
 //! - **Where it leaves.** Subscriptions ([`events::subscription`]) read the log up to the durable
 //!   head and wait for it to move, yielding domain items that [`grpc::events`] turns into wire
 //!   frames; webhook delivery tasks ([`webhooks::delivery`]) read the same log from their own
