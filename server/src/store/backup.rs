@@ -123,7 +123,7 @@ pub fn write(source: Source<'_>, out: &mut dyn Write) -> Result<BackupSummary, S
     Ok(summary)
 }
 
-fn write_held(
+pub(super) fn write_held(
     source: &Source<'_>,
     out: &mut dyn Write,
     target: u64,
