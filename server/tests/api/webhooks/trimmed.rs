@@ -1,8 +1,9 @@
-//! Webhooks and retention: events removed before a webhook delivered them are skipped visibly
-//! (a `DELIVERY_OUTCOME_TRIMMED` record naming the range, and a WARN line), never silently, and
-//! delivery goes on at the first retained offset.
+//! Webhooks and removed events: events retention removed before a webhook delivered them are
+//! skipped visibly (a `DELIVERY_OUTCOME_TRIMMED` record naming the range, and a WARN line),
+//! never silently, and delivery goes on at the first retained offset; events of a deleted
+//! stream are no longer delivered, even the one being retried.
 
-use ordo_api::v1::{CompactRequest, GetLogInfoRequest};
+use ordo_api::v1::{CompactRequest, DeleteStreamRequest, GetLogInfoRequest};
 
 use super::*;
 
@@ -100,6 +101,41 @@ async fn events_removed_before_delivery_are_recorded_then_skipped() {
     })
     .await;
     assert!(hook.enabled);
+    assert_eq!(hook.pending_offset, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_stream_is_not_delivered_even_mid_retry() {
+    let server = TestServer::start_with(|cfg| fast(cfg, &[50, 50, 50, 50, 50, 50, 50, 50])).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(reply(503));
+    let mut hooks = hooks(&server).await;
+    let (hook, _) = create(&mut hooks, create_req(&receiver.url(), &["*"])).await;
+    let deleted = publish(&server, &[("customer-5", "customer.updated")]).await;
+    receiver.wait_seen(1).await;
+    server
+        .admin()
+        .await
+        .delete_stream(DeleteStreamRequest {
+            stream_id: "customer-5".into(),
+        })
+        .await
+        .expect("delete");
+    receiver.set_default(reply(200));
+    let kept = publish(&server, &[("other-1", "other.happened")]).await;
+    let delivered = receiver.wait_delivered(1).await;
+    assert_eq!(ids(&delivered), kept, "only the event that was not deleted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        receiver.delivered().iter().all(|r| r.id != deleted[0]),
+        "the deleted event was delivered after its deletion"
+    );
+    let hook = wait_for("the cursor past both", async || {
+        let hook = get(&mut hooks, &hook.id).await;
+        (hook.delivered_through_offset == 2).then_some(hook)
+    })
+    .await;
     assert_eq!(hook.pending_offset, 0);
     server.stop().await;
 }
