@@ -159,3 +159,50 @@ async fn delete_stream_info_and_compact() {
         missing.stderr
     );
 }
+
+/// `ordo-server backup` on the data dir of a stopped server; a running server's data dir is
+/// refused (sled holds its lock) with a message naming the online command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_backup_of_a_stopped_server() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(data.path(), None, &[]).await;
+    let client = OrdoClient::connect(server.url()).await.expect("connect");
+    for n in 0..5 {
+        client.publish(vec![event("s", n)]).await.expect("publish");
+    }
+    let source = read_all(&client).await;
+    let backups = tempfile::tempdir().expect("temp dir");
+    let out = backups.path().join("offline");
+    let run = |out: std::path::PathBuf| {
+        let data = data.path().to_path_buf();
+        async move {
+            Command::new(server_binary())
+                .arg("backup")
+                .arg(&out)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .await
+                .expect("run ordo-server backup")
+        }
+    };
+    let busy = run(backups.path().join("busy")).await;
+    assert_eq!(busy.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(stderr.contains("in use by another ordo-server"), "{stderr}");
+    assert_eq!(server.terminate(), Some(0));
+
+    let done = run(out.clone()).await;
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("backed up offsets 1..=5"));
+    let target = backups.path().join("restored");
+    let (code, _, stderr) = restore(&out, &target).await;
+    assert_eq!(code, 0, "{stderr}");
+    let restored = ChildServer::start(&target, None, &[]).await;
+    let restored_client = OrdoClient::connect(restored.url()).await.expect("connect");
+    assert_eq!(read_all(&restored_client).await, source);
+}
