@@ -9,7 +9,8 @@ use std::{
 };
 
 use ordo_api::v1::{
-    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
+    consumer_service_client::ConsumerServiceClient, event_service_client::EventServiceClient,
+    order_service_client::OrderServiceClient,
 };
 use ordo_server::{ServerConfig, auth::Auth};
 use tempfile::TempDir;
@@ -96,6 +97,10 @@ impl TestServer {
 
     pub async fn events(&self) -> EventServiceClient<Channel> {
         EventServiceClient::new(self.channel().await)
+    }
+
+    pub async fn consumers(&self) -> ConsumerServiceClient<Channel> {
+        ConsumerServiceClient::new(self.channel().await)
     }
 
     /// Graceful shutdown; returns the data dir so a test can restart on it.

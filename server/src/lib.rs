@@ -41,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod filter;
+pub mod groups;
 pub mod grpc;
 pub mod orders;
 pub mod paging;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    order_service_server::OrderServiceServer, webhook_service_server::WebhookServiceServer,
+    consumer_service_server::ConsumerServiceServer, order_service_server::OrderServiceServer,
+    webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,11 @@ use tracing::{info, warn};
 use crate::{
     auth::{Auth, AuthLayer, TokensError, layer::AuthSettings},
     config::{ServerConfig, TlsConfig},
-    grpc::{events::EventApi, orders::OrderApi, webhooks::WebhookApi, wire::EventServiceServer},
+    groups::Groups,
+    grpc::{
+        consumer::ConsumerApi, events::EventApi, orders::OrderApi, webhooks::WebhookApi,
+        wire::EventServiceServer,
+    },
     orders::OrderCommands,
     store::{LogOptions, SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},
@@ -113,11 +118,19 @@ async fn serve(
     let webhooks = WebhookServiceServer::new(WebhookApi::new(hooks.clone()))
         .max_decoding_message_size(max_message);
 
+    // Group tasks stop on `shutdown`; joined below before the log is closed.
+    let groups = Groups::start(log.clone(), shutdown.clone()).await?;
+    let consumer = ConsumerServiceServer::new(ConsumerApi::new(groups.clone(), shutdown.clone()))
+        .max_decoding_message_size(max_message);
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrderServiceServer<OrderApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health
         .set_serving::<WebhookServiceServer<WebhookApi>>()
+        .await;
+    health
+        .set_serving::<ConsumerServiceServer<ConsumerApi>>()
         .await;
 
     // grpcurl 1.8 speaks only v1alpha, newer tools v1: serve both.
@@ -153,6 +166,7 @@ async fn serve(
         .add_service(orders)
         .add_service(events)
         .add_service(webhooks)
+        .add_service(consumer)
         // Nodelay on every accepted socket: with Nagle, a response written after a window update
         // waits for the client's delayed ACK (~40 ms). Builder::tcp_nodelay only applies to
         // listeners tonic binds itself.
@@ -180,6 +194,7 @@ async fn serve(
         }
     };
     hooks.join().await;
+    groups.join_tasks().await;
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
     info!(rejections = ?crate::rejections::summary(), "rejections since start");

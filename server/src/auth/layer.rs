@@ -59,6 +59,7 @@ pub fn rule_for(path: &str, open_health: bool, open_reflection: bool) -> Rule {
             scope(Scope::EventsSubscribe, false)
         }
         ("ordo.v1.WebhookService", _) => scope(Scope::WebhooksAdmin, false),
+        ("ordo.v1.ConsumerService", _) => scope(Scope::EventsConsume, false),
         _ => Rule::Authenticated,
     }
 }
@@ -286,6 +287,12 @@ mod tests {
                 true,
             ),
             ("/ordo.v1.OrderService/GetOrder", Scope::OrdersRead, false),
+            (
+                "/ordo.v1.ConsumerService/Consume",
+                Scope::EventsConsume,
+                false,
+            ),
+            ("/ordo.v1.ConsumerService/Ack", Scope::EventsConsume, false),
             ("/ordo.v1.OrderService/ListOrders", Scope::OrdersRead, false),
             ("/ordo.v1.EventService/Publish", Scope::EventsPublish, true),
             (

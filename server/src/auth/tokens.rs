@@ -49,15 +49,18 @@ pub enum Scope {
     OrdersWrite,
     EventsPublish,
     EventsSubscribe,
+    /// Consumer groups: define them, join them, settle and replay their deliveries.
+    EventsConsume,
     WebhooksAdmin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::OrdersRead,
         Scope::OrdersWrite,
         Scope::EventsPublish,
         Scope::EventsSubscribe,
+        Scope::EventsConsume,
         Scope::WebhooksAdmin,
     ];
 
@@ -67,6 +70,7 @@ impl Scope {
             Scope::OrdersWrite => "orders:write",
             Scope::EventsPublish => "events:publish",
             Scope::EventsSubscribe => "events:subscribe",
+            Scope::EventsConsume => "events:consume",
             Scope::WebhooksAdmin => "webhooks:admin",
         }
     }

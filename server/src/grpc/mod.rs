@@ -1,5 +1,6 @@
 //! The gRPC surface: thin adapters from generated service traits to the domain modules.
 
+pub mod consumer;
 pub mod events;
 pub mod orders;
 pub mod webhooks;

@@ -7,6 +7,7 @@
 mod append_stream;
 mod durability;
 mod events;
+mod groups;
 mod journal;
 mod orders;
 mod security;
