@@ -9,11 +9,13 @@ use std::{
 };
 
 use ordo_api::v1::{
-    CancelOrderRequest, CreateWebhookRequest, DeleteWebhookRequest, EventFilter, GetOrderRequest,
-    GetWebhookRequest, ListDeadLettersRequest, ListDeliveriesRequest, ListOrdersRequest,
-    ListWebhooksRequest, PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest,
-    RotateSecretRequest, SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
-    UpdateWebhookRequest, event_service_client::EventServiceClient,
+    AckRequest, CancelOrderRequest, ConsumeRequest, CreateWebhookRequest, DeleteWebhookRequest,
+    EventFilter, GetGroupRequest, GetOrderRequest, GetWebhookRequest, JoinGroup,
+    ListDeadLettersRequest, ListDeliveriesRequest, ListGroupsRequest, ListOrdersRequest,
+    ListParkedRequest, ListWebhooksRequest, PublishRequest, ReadEventsRequest,
+    RedriveDeadLettersRequest, ReplayParkedRequest, RotateSecretRequest, SubscribeRequest,
+    SubscribeResponse, UpdateOrderStatusRequest, UpdateWebhookRequest, consume_request,
+    consumer_service_client::ConsumerServiceClient, event_service_client::EventServiceClient,
     order_service_client::OrderServiceClient, subscribe_response::Message,
     webhook_service_client::WebhookServiceClient,
 };
@@ -25,6 +27,7 @@ use ordo_server::{
 use ordo_test_harness::{
     ChildServer, TestServer,
     api::{create_req, end, new_event, publish_req},
+    consumer::group_req,
     free_port,
     pki::{Pki, pki, write_pem},
     tokens::{Tok, with_token, write_tokens},
@@ -75,9 +78,16 @@ enum Rpc {
     ListDeliveries,
     ListDeadLetters,
     RedriveDeadLetters,
+    CreateGroup,
+    GetGroup,
+    ListGroups,
+    Consume,
+    Ack,
+    ListParked,
+    ReplayParked,
 }
 
-const ALL_RPCS: [Rpc; 17] = [
+const ALL_RPCS: [Rpc; 24] = [
     Rpc::CreateOrder,
     Rpc::GetOrder,
     Rpc::ListOrders,
@@ -95,6 +105,13 @@ const ALL_RPCS: [Rpc; 17] = [
     Rpc::ListDeliveries,
     Rpc::ListDeadLetters,
     Rpc::RedriveDeadLetters,
+    Rpc::CreateGroup,
+    Rpc::GetGroup,
+    Rpc::ListGroups,
+    Rpc::Consume,
+    Rpc::Ack,
+    Rpc::ListParked,
+    Rpc::ReplayParked,
 ];
 
 impl Rpc {
@@ -104,6 +121,13 @@ impl Rpc {
             Rpc::GetOrder | Rpc::ListOrders => Scope::OrdersRead,
             Rpc::Subscribe | Rpc::ReadEvents => Scope::EventsSubscribe,
             Rpc::Publish => Scope::EventsPublish,
+            Rpc::CreateGroup
+            | Rpc::GetGroup
+            | Rpc::ListGroups
+            | Rpc::Consume
+            | Rpc::Ack
+            | Rpc::ListParked
+            | Rpc::ReplayParked => Scope::EventsConsume,
             _ => Scope::WebhooksAdmin,
         }
     }
@@ -113,6 +137,7 @@ impl Rpc {
         let mut orders = OrderServiceClient::new(channel.clone());
         let mut events = EventServiceClient::new(channel.clone());
         let mut hooks = WebhookServiceClient::new(channel.clone());
+        let mut groups = ConsumerServiceClient::new(channel.clone());
         let t = token;
         let missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
         match self {
@@ -233,6 +258,60 @@ impl Rpc {
                 .redrive_dead_letters(with_token(
                     RedriveDeadLettersRequest {
                         webhook_id: missing,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::CreateGroup => groups
+                .create_group(with_token(group_req("sec"), t))
+                .await
+                .map(drop),
+            Rpc::GetGroup => groups
+                .get_group(with_token(GetGroupRequest { name: missing }, t))
+                .await
+                .map(drop),
+            Rpc::ListGroups => groups
+                .list_groups(with_token(ListGroupsRequest::default(), t))
+                .await
+                .map(drop),
+            Rpc::Consume => {
+                let join = ConsumeRequest {
+                    message: Some(consume_request::Message::Join(JoinGroup {
+                        group: missing,
+                        ..Default::default()
+                    })),
+                };
+                groups
+                    .consume(with_token(tokio_stream::iter(vec![join]), t))
+                    .await
+                    .map(drop)
+            }
+            Rpc::Ack => groups
+                .ack(with_token(
+                    AckRequest {
+                        group: missing.clone(),
+                        delivery_ids: vec![format!("{missing}/1/1")],
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::ListParked => groups
+                .list_parked(with_token(
+                    ListParkedRequest {
+                        group: missing,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::ReplayParked => groups
+                .replay_parked(with_token(
+                    ReplayParkedRequest {
+                        group: missing,
                         ..Default::default()
                     },
                     t,
