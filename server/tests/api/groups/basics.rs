@@ -207,3 +207,36 @@ async fn groups_and_progress_survive_a_clean_restart() {
         .assert_no_delivery(std::time::Duration::from_millis(300))
         .await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_member_streams_with_unavailable() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let mut consumers = server.consumers().await;
+    publish(&mut events, 3, 1).await;
+    create(&mut consumers, group_req("g")).await;
+    let mut member = Member::join(&mut consumers, "g", 0).await;
+    member.deliveries(3, WAIT).await;
+    let stopping = tokio::spawn(server.stop());
+    match member.next(WAIT).await {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(
+                status.message().contains("shutting down"),
+                "{}",
+                status.message()
+            );
+        }
+        Ok(other) => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    // The server stops although a member was connected and held deliveries.
+    let dir = stopping.await.expect("stopped");
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut consumers = server.consumers().await;
+    let mut member = Member::join(&mut consumers, "g", 0).await;
+    assert_eq!(
+        member.deliveries(3, WAIT).await.len(),
+        3,
+        "unacked come again"
+    );
+}
