@@ -106,7 +106,10 @@ async fn failing_events_are_parked_listed_and_replayed() {
                 .collect(),
         )
         .await;
-    let mut failing: Vec<_> = got.into_iter().filter(|d| offset_of(d).is_multiple_of(2)).collect();
+    let mut failing: Vec<_> = got
+        .into_iter()
+        .filter(|d| offset_of(d).is_multiple_of(2))
+        .collect();
     while !failing.is_empty() {
         let ids = failing.iter().map(|d| d.delivery_id.clone()).collect();
         member.nack(ids, NackAction::Retry, 0).await;
