@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use ordo_api::v1::{
-    consumer_service_server::ConsumerServiceServer, order_service_server::OrderServiceServer,
-    webhook_service_server::WebhookServiceServer,
+    order_service_server::OrderServiceServer, webhook_service_server::WebhookServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +16,11 @@ use crate::{
     config::{ServerConfig, TlsConfig},
     groups::Groups,
     grpc::{
-        consumer::ConsumerApi, events::EventApi, orders::OrderApi, webhooks::WebhookApi,
-        wire::EventServiceServer,
+        consumer::ConsumerApi,
+        events::EventApi,
+        orders::OrderApi,
+        webhooks::WebhookApi,
+        wire::{ConsumerServiceServer, EventServiceServer},
     },
     orders::OrderCommands,
     store::{LogOptions, SharedLog, SledLog},

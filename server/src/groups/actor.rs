@@ -18,10 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ordo_api::v1::{
-    ConsumeResponse, ConsumerGroup, Delivery, Event, Rejected, Settled, consume_response::Message,
-};
-use prost::Message as _;
+use ordo_api::v1::ConsumerGroup;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -76,7 +73,7 @@ pub enum Command {
     },
     Extend {
         member: u64,
-        answer: mpsc::OwnedPermit<ConsumeResponse>,
+        answer: mpsc::OwnedPermit<Out>,
         ids: Vec<String>,
         extend: Option<Duration>,
     },
@@ -116,9 +113,28 @@ pub enum Origin {
     /// A member on its Consume stream: answered with Settled or Rejected there, in a slot its
     /// stream reserved before it read the request (so a member that does not read its answers
     /// stops being read, instead of growing a queue).
-    Member(u64, mpsc::OwnedPermit<ConsumeResponse>),
+    Member(u64, mpsc::OwnedPermit<Out>),
     /// A unary Ack/Nack.
     Unary(oneshot::Sender<Result<(), OrdoError>>),
+}
+
+/// What a group sends a member; the gRPC layer frames it (deliveries go out in their stored
+/// encoding, never decoded here).
+#[derive(Debug)]
+pub enum Out {
+    Delivery {
+        delivery_id: String,
+        attempt: u32,
+        /// The event's stored encoding (an `ordo.v1.Event`).
+        event: Bytes,
+        ack_deadline_ms: u64,
+    },
+    Settled(Vec<String>),
+    Rejected {
+        delivery_ids: Vec<String>,
+        code: i32,
+        message: String,
+    },
 }
 
 /// A member's end of the group, handed to its Consume stream.
@@ -126,7 +142,7 @@ pub struct Joined {
     pub member_id: u64,
     pub max_in_flight: u32,
     pub group: ConsumerGroup,
-    pub deliveries: mpsc::Receiver<ConsumeResponse>,
+    pub deliveries: mpsc::Receiver<Out>,
     /// Resolves with the error that ends the member's stream (group deleted, shutdown, not
     /// reading); dropped without a value when the member simply leaves.
     pub ended: oneshot::Receiver<OrdoError>,
@@ -149,7 +165,7 @@ struct MemberOut {
     name: String,
     max_in_flight: u32,
     in_flight: u32,
-    tx: mpsc::Sender<ConsumeResponse>,
+    tx: mpsc::Sender<Out>,
     end: Option<oneshot::Sender<OrdoError>>,
 }
 
@@ -545,7 +561,7 @@ impl Actor {
     fn extend(
         &mut self,
         member: u64,
-        answer: mpsc::OwnedPermit<ConsumeResponse>,
+        answer: mpsc::OwnedPermit<Out>,
         raw: Vec<String>,
         extend: Option<Duration>,
     ) {
@@ -821,10 +837,6 @@ impl Actor {
                 }
             },
         };
-        let event = Event::decode(bytes).map_err(|err| StoreError::Corrupt {
-            what: format!("event {offset}"),
-            detail: err.to_string(),
-        })?;
         let attempt = entry.failures + 1;
         let deadline = Instant::now() + self.group.ack_timeout();
         let id = DeliveryId {
@@ -832,15 +844,11 @@ impl Actor {
             offset,
             attempt,
         };
-        let message = ConsumeResponse {
-            message: Some(Message::Delivery(Delivery {
-                delivery_id: id.to_string(),
-                attempt,
-                event: Some(event),
-                ack_deadline: clock::timestamp(
-                    clock::now_ms() + u64::from(self.group.ack_timeout_ms),
-                ),
-            })),
+        let message = Out::Delivery {
+            delivery_id: id.to_string(),
+            attempt,
+            event: bytes,
+            ack_deadline_ms: clock::now_ms() + u64::from(self.group.ack_timeout_ms),
         };
         let Some(out) = self.members.get_mut(&member) else {
             return Ok(());
@@ -924,19 +932,16 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Origin::Member(_, permit) => {
-                let message = match result {
-                    Ok(()) => Message::Settled(Settled { delivery_ids: ids }),
+                permit.send(match result {
+                    Ok(()) => Out::Settled(ids),
                     Err(err) => {
                         let status = tonic::Status::from(err);
-                        Message::Rejected(Rejected {
+                        Out::Rejected {
                             delivery_ids: ids,
                             code: status.code() as i32,
                             message: status.message().to_string(),
-                        })
+                        }
                     }
-                };
-                permit.send(ConsumeResponse {
-                    message: Some(message),
                 });
             }
         }

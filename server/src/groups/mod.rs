@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use actor::{Actor, Replayed};
-pub use actor::{Command, How, Joined, Origin};
+pub use actor::{Command, How, Joined, Origin, Out};
 use records::StoredGroup;
 
 use crate::{

@@ -9,12 +9,11 @@ use std::{
 };
 
 use ordo_api::v1::{
-    AckRequest, AckResponse, ConsumeRequest, ConsumeResponse, CreateGroupRequest,
-    CreateGroupResponse, DeleteGroupRequest, DeleteGroupResponse, GetGroupRequest,
-    GetGroupResponse, Joined as JoinedMessage, ListGroupsRequest, ListGroupsResponse,
-    ListParkedRequest, ListParkedResponse, NackAction, NackRequest, NackResponse,
-    ReplayParkedRequest, ReplayParkedResponse, UpdateGroupRequest, UpdateGroupResponse,
-    consume_request, consume_response, consumer_service_server::ConsumerService,
+    AckRequest, AckResponse, ConsumeRequest, CreateGroupRequest, CreateGroupResponse,
+    DeleteGroupRequest, DeleteGroupResponse, GetGroupRequest, GetGroupResponse,
+    Joined as JoinedMessage, ListGroupsRequest, ListGroupsResponse, ListParkedRequest,
+    ListParkedResponse, NackAction, NackRequest, NackResponse, Rejected, ReplayParkedRequest,
+    ReplayParkedResponse, Settled, UpdateGroupRequest, UpdateGroupResponse, consume_request,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -24,8 +23,10 @@ use tracing::debug;
 
 use crate::{
     auth::{self, StreamAccess},
+    clock,
     error::OrdoError,
-    groups::{Command, Groups, How, Joined, Origin, settings},
+    groups::{Command, Groups, How, Joined, Origin, Out, settings},
+    grpc::wire::{ConsumeFrame, ConsumeMessage, ConsumerService, DeliveryFrame},
     validate,
 };
 
@@ -230,7 +231,7 @@ struct Inbound {
     commands: mpsc::Sender<Command>,
     member: u64,
     /// Where the answers go; a slot is reserved before each request is forwarded.
-    answers: mpsc::Sender<ConsumeResponse>,
+    answers: mpsc::Sender<Out>,
     access: StreamAccess,
     /// Ends the member's stream with a protocol error or revocation.
     end: oneshot::Sender<OrdoError>,
@@ -321,9 +322,9 @@ async fn read_member(mut inbound: Streaming<ConsumeRequest>, ctx: Inbound) {
 /// error when it was deleted, the server stops or the member did not read) or by the member's
 /// own request stream breaking the protocol.
 pub struct MemberStream {
-    joined: Option<ConsumeResponse>,
-    deliveries: ReceiverStream<ConsumeResponse>,
-    answers: ReceiverStream<ConsumeResponse>,
+    joined: Option<ConsumeFrame>,
+    deliveries: ReceiverStream<Out>,
+    answers: ReceiverStream<Out>,
     ended: Option<oneshot::Receiver<OrdoError>>,
     local: Option<oneshot::Receiver<OrdoError>>,
     done: bool,
@@ -332,12 +333,12 @@ pub struct MemberStream {
 impl MemberStream {
     fn new(
         joined: Joined,
-        answers: mpsc::Receiver<ConsumeResponse>,
+        answers: mpsc::Receiver<Out>,
         local: oneshot::Receiver<OrdoError>,
     ) -> Self {
         Self {
-            joined: Some(ConsumeResponse {
-                message: Some(consume_response::Message::Joined(JoinedMessage {
+            joined: Some(ConsumeFrame {
+                message: Some(ConsumeMessage::Joined(JoinedMessage {
                     member_id: joined.member_id.to_string(),
                     group: Some(joined.group),
                     max_in_flight: joined.max_in_flight,
@@ -373,7 +374,7 @@ fn poll_end(
 }
 
 impl Stream for MemberStream {
-    type Item = Result<ConsumeResponse, Status>;
+    type Item = Result<ConsumeFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -390,14 +391,44 @@ impl Stream for MemberStream {
         }
         // Answers first; they end with the reading task, so only the deliveries end the stream.
         if let Poll::Ready(Some(answer)) = Pin::new(&mut this.answers).poll_next(cx) {
-            return Poll::Ready(Some(Ok(answer)));
+            return Poll::Ready(Some(Ok(frame(answer))));
         }
         match Pin::new(&mut this.deliveries).poll_next(cx) {
             Poll::Ready(None) => {
                 this.done = true;
                 Poll::Ready(None)
             }
-            other => other.map(|item| item.map(Ok)),
+            other => other.map(|item| item.map(|out| Ok(frame(out)))),
         }
+    }
+}
+
+/// A group's message as its wire frame.
+fn frame(out: Out) -> ConsumeFrame {
+    let message = match out {
+        Out::Delivery {
+            delivery_id,
+            attempt,
+            event,
+            ack_deadline_ms,
+        } => ConsumeMessage::Delivery(DeliveryFrame {
+            delivery_id,
+            attempt,
+            event,
+            ack_deadline: clock::timestamp(ack_deadline_ms),
+        }),
+        Out::Settled(delivery_ids) => ConsumeMessage::Settled(Settled { delivery_ids }),
+        Out::Rejected {
+            delivery_ids,
+            code,
+            message,
+        } => ConsumeMessage::Rejected(Rejected {
+            delivery_ids,
+            code,
+            message,
+        }),
+    };
+    ConsumeFrame {
+        message: Some(message),
     }
 }
