@@ -6,7 +6,8 @@ use ordo_api::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
     NewEvent, Order, PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse,
     SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest,
-    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
+    consumer_service_client::ConsumerServiceClient, event_service_client::EventServiceClient,
+    order_service_client::OrderServiceClient,
 };
 use tonic::{
     Streaming,
@@ -180,6 +181,7 @@ impl ClientBuilder {
         Ok(OrdoClient {
             orders: OrderServiceClient::with_interceptor(channel.clone(), auth.clone()),
             events: EventServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            consumers: ConsumerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             health: HealthClient::with_interceptor(channel, auth),
             url: self.url,
         })
@@ -217,6 +219,8 @@ pub enum Health {
 pub struct OrdoClient {
     orders: OrderServiceClient<AuthChannel>,
     events: EventServiceClient<AuthChannel>,
+    /// Used by the consumer-group methods in `groups.rs`.
+    pub(crate) consumers: ConsumerServiceClient<AuthChannel>,
     health: HealthClient<AuthChannel>,
     url: String,
 }

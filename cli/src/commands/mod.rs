@@ -2,9 +2,11 @@
 //! printing and error-reporting shared by all of them.
 
 pub mod args;
+mod consume;
 mod demo;
 mod events;
 pub mod fail;
+mod groups;
 mod human;
 mod json;
 mod orders;
@@ -39,6 +41,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Orders(command) => orders::run(&client, &out, command).await,
         Command::Events(command) => events::run(&client, &out, command).await,
+        Command::Consume(args) => consume::run(&client, &out, args).await,
+        Command::Groups(command) => groups::run(&client, &out, command).await,
         Command::Health { service } => health(&client, &out, &service).await,
         Command::Demo {
             orders,

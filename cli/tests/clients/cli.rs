@@ -12,13 +12,13 @@ use tokio::{
 
 const ORDO: &str = env!("CARGO_BIN_EXE_ordo");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-async fn ordo(addr: &str, args: &[&str]) -> Run {
+pub(crate) async fn ordo(addr: &str, args: &[&str]) -> Run {
     let output = Command::new(ORDO)
         .arg("--addr")
         .arg(addr)
@@ -36,7 +36,7 @@ async fn ordo(addr: &str, args: &[&str]) -> Run {
 }
 
 /// Runs and insists on exit 0.
-async fn ok(addr: &str, args: &[&str]) -> String {
+pub(crate) async fn ok(addr: &str, args: &[&str]) -> String {
     let run = ordo(addr, args).await;
     assert_eq!(
         run.code, 0,
@@ -46,7 +46,7 @@ async fn ok(addr: &str, args: &[&str]) -> String {
     run.stdout
 }
 
-fn json_lines(stdout: &str) -> Vec<Value> {
+pub(crate) fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
@@ -54,7 +54,7 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 }
 
 /// Exactly one `error: ...` line on stderr, no panic or debug output.
-fn assert_one_error_line(run: &Run) {
+pub(crate) fn assert_one_error_line(run: &Run) {
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "stderr: {:?}", run.stderr);
     assert!(lines[0].starts_with("error: "), "{:?}", run.stderr);
