@@ -6,6 +6,7 @@
 //! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
 
 mod ceiling;
+mod consume;
 mod ops;
 mod progress;
 mod report;
@@ -26,7 +27,7 @@ use tonic::transport::Channel;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench all --quick --json"
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench consume --events 50000 --members 1,4\n  target/release/ordo-bench all --quick --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -101,6 +102,17 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         subscribers: Vec<usize>,
     },
+    /// Pre-filled log, a new consumer group per row with M members acking every delivery (one
+    /// ack request per batch of deliveries read together): acked events/s until settled.
+    Consume {
+        #[arg(long, default_value_t = 50_000)]
+        events: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        members: Vec<usize>,
+        /// The group's max_in_flight: deliveries one member holds unacked (server default 100).
+        #[arg(long, default_value_t = 100)]
+        max_in_flight: u32,
+    },
     /// Many live subscribers while appending: delivery latency and the server's peak RSS.
     Fanout {
         #[arg(long, default_value_t = 1000)]
@@ -138,6 +150,9 @@ enum Scenario {
         quick: bool,
     },
 }
+
+/// Longest a `consume` row may take before the bench gives up on it.
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -211,6 +226,18 @@ async fn main() -> anyhow::Result<()> {
                 emit(&scenarios::catchup(&channel, s).await?);
             }
         }
+        Scenario::Consume {
+            events,
+            members,
+            max_in_flight,
+        } => {
+            let (owned, channel) = target(g).await?;
+            fill(&channel, *events).await?;
+            let addr = address(g, owned.as_ref());
+            for &m in members {
+                emit(&consume::run(&addr, m, *max_in_flight, CONSUME_TIMEOUT).await?);
+            }
+        }
         Scenario::Fanout { subscribers, rate } => {
             emit(&fanout(g, *subscribers, *rate, duration).await?);
         }
@@ -279,6 +306,15 @@ async fn main() -> anyhow::Result<()> {
                 fill(&channel, events).await?;
                 for s in [1, 4] {
                     emit(&scenarios::catchup(&channel, s).await?);
+                }
+            }
+            {
+                let (owned, channel) = target(g).await?;
+                let consumed = if *quick { 5_000 } else { 50_000 };
+                fill(&channel, consumed).await?;
+                let addr = address(g, owned.as_ref());
+                for m in [1, 4] {
+                    emit(&consume::run(&addr, m, 100, CONSUME_TIMEOUT).await?);
                 }
             }
             emit(&fanout(g, fan, 1000, run).await?);

@@ -30,6 +30,7 @@ fn every_bench_scenario_runs_at_tiny_sizes() {
         "append-stream",
         "e2e",
         "catchup",
+        "consume",
         "fanout",
         "scale",
     ] {
@@ -44,6 +45,9 @@ fn every_bench_scenario_runs_at_tiny_sizes() {
         if let Some(delivered) = row["delivered"].as_str() {
             let (got, want) = delivered.split_once('/').expect("delivered is got/want");
             assert_eq!(got, want, "live subscribers missed events: {row}");
+        }
+        if row["scenario"] == "consume" {
+            assert_eq!(row["events"], "5000", "every event acked: {row}");
         }
         if row["scenario"] == "catchup" {
             assert_eq!(

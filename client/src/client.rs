@@ -8,7 +8,8 @@ use ordo_api::v1::{
     GetLogInfoResponse, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, NewEvent, Order,
     PublishRequest, PublishResponse, ReadEventsRequest, ReadEventsResponse, SubscribeRequest,
     SubscribeResponse, UpdateOrderStatusRequest, admin_service_client::AdminServiceClient,
-    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
+    consumer_service_client::ConsumerServiceClient, event_service_client::EventServiceClient,
+    order_service_client::OrderServiceClient,
 };
 use tonic::{
     Streaming,
@@ -183,6 +184,7 @@ impl ClientBuilder {
             orders: OrderServiceClient::with_interceptor(channel.clone(), auth.clone()),
             events: EventServiceClient::with_interceptor(channel.clone(), auth.clone()),
             admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            consumers: ConsumerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             health: HealthClient::with_interceptor(channel, auth),
             url: self.url,
         })
@@ -221,6 +223,8 @@ pub struct OrdoClient {
     orders: OrderServiceClient<AuthChannel>,
     events: EventServiceClient<AuthChannel>,
     admin: AdminServiceClient<AuthChannel>,
+    /// Used by the consumer-group methods in `groups.rs`.
+    pub(crate) consumers: ConsumerServiceClient<AuthChannel>,
     health: HealthClient<AuthChannel>,
     url: String,
 }

@@ -6,6 +6,8 @@
 //! it delivered, so each matching event arrives exactly once and in order.
 //! [`OrdoClient::producer`] opens a [`Producer`] for high-rate appends: send events without
 //! waiting and get a durable ack for each, in send order.
+//! [`OrdoClient::consume`] joins a consumer group as a [`Consumer`] that rejoins after restarts
+//! and drops: the group's members share its events, at least once, and ack each one.
 //!
 //! ```no_run
 //! use ordo_client::{OrdoClient, Start, SubscribeOptions, SubscriptionItem};
@@ -26,17 +28,43 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A consumer-group member (create the group once, e.g. with `ordo groups create billing`):
+//!
+//! ```no_run
+//! use ordo_client::{ConsumeOptions, ConsumerItem, Nack, OrdoClient};
+//! use tokio_stream::StreamExt;
+//!
+//! # async fn handle(_: &ordo_client::v1::Event) -> Result<(), String> { Ok(()) }
+//! # async fn run() -> Result<(), ordo_client::ClientError> {
+//! let client = OrdoClient::connect("http://127.0.0.1:50051").await?;
+//! let mut consumer = client.consume(ConsumeOptions::new("billing").max_in_flight(50))?;
+//! while let Some(item) = consumer.next().await {
+//!     let ConsumerItem::Delivery(delivery) = item? else { continue };
+//!     // Queued and sent along with the other acks of the moment; awaiting the returned
+//!     // Settlement as well (`.await?.await?`) waits until the server made it durable.
+//!     match handle(&delivery.event).await {
+//!         Ok(()) => delivery.ack().await?,
+//!         Err(why) => delivery.nack(Nack::retry().reason(why)).await?,
+//!     };
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod auth;
 pub mod backoff;
 mod client;
+pub mod consume;
 pub mod cursor;
 mod error;
+mod groups;
 pub mod producer;
 pub mod subscribe;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use client::{ClientBuilder, Health, OrdoClient, TlsOptions};
+pub use consume::{ConsumeOptions, Consumer, ConsumerItem, Delivery, Nack, Settlement};
 pub use cursor::CursorFile;
 pub use error::{ClientError, Result};
 pub use ordo_api::v1;

@@ -3,7 +3,8 @@
 Stubs are generated, not committed, so they always match proto/ordo/v1. Usage:
 
     import ordo_stubs
-    pb, rpc = ordo_stubs.load()      # pb.orders_pb2, pb.events_pb2, rpc.events_pb2_grpc, ...
+    pb, rpc = ordo_stubs.load()      # pb.orders_pb2, pb.events_pb2, pb.consumer_pb2,
+                                     # rpc.events_pb2_grpc, rpc.consumer_pb2_grpc, ...
 
 ORDO_PROTO_DIR (default: ../../proto next to this file) and ORDO_STUBS_DIR (default:
 ./.ordo_stubs next to this file) override the locations.
@@ -38,21 +39,24 @@ def generate(proto_dir, out_dir):
         raise RuntimeError(f"grpc_tools.protoc failed for {proto_dir}")
 
 
+MODULES = ("orders", "events", "consumer")
+
+
 def load():
     """Generates the stubs if needed and returns (messages, services) namespaces."""
     proto_dir = os.environ.get("ORDO_PROTO_DIR", os.path.join(HERE, "..", "..", "proto"))
     out_dir = os.environ.get("ORDO_STUBS_DIR", os.path.join(HERE, ".ordo_stubs"))
-    if not os.path.exists(os.path.join(out_dir, "ordo", "v1", "events_pb2_grpc.py")):
+    # Every module checked, so stubs generated before a proto file was added are regenerated.
+    wanted = [os.path.join(out_dir, "ordo", "v1", f"{m}_pb2_grpc.py") for m in MODULES]
+    if not all(os.path.exists(path) for path in wanted):
         generate(proto_dir, out_dir)
     if out_dir not in sys.path:
         sys.path.insert(0, out_dir)
     pb = types.SimpleNamespace(
-        orders_pb2=importlib.import_module("ordo.v1.orders_pb2"),
-        events_pb2=importlib.import_module("ordo.v1.events_pb2"),
+        **{f"{m}_pb2": importlib.import_module(f"ordo.v1.{m}_pb2") for m in MODULES}
     )
     rpc = types.SimpleNamespace(
-        orders_pb2_grpc=importlib.import_module("ordo.v1.orders_pb2_grpc"),
-        events_pb2_grpc=importlib.import_module("ordo.v1.events_pb2_grpc"),
+        **{f"{m}_pb2_grpc": importlib.import_module(f"ordo.v1.{m}_pb2_grpc") for m in MODULES}
     )
     return pb, rpc
 

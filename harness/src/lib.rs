@@ -3,6 +3,7 @@
 //! - [`server`]: a real server on an ephemeral port over a real sled directory, in-process
 //!   ([`TestServer`]) or as the real binary ([`ChildServer`], for kill -9 and restarts).
 //! - [`api`]: request builders, log reads, status assertions and time-bounded stream reads.
+//! - [`consumer`]: a consumer-group member over a real Consume stream.
 //! - [`tokens`]: tokens files and authorised requests. [`pki`]: a throwaway CA and certificates.
 //! - [`receiver`]: a recording webhook endpoint and an independent signature verifier.
 //!
@@ -10,6 +11,7 @@
 //! ones need no `#![allow(dead_code)]`.
 
 pub mod api;
+pub mod consumer;
 pub mod pki;
 pub mod receiver;
 pub mod server;

@@ -9,8 +9,8 @@ use std::{
 };
 
 use ordo_api::v1::{
-    admin_service_client::AdminServiceClient, event_service_client::EventServiceClient,
-    order_service_client::OrderServiceClient,
+    admin_service_client::AdminServiceClient, consumer_service_client::ConsumerServiceClient,
+    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
 };
 use ordo_server::{ServerConfig, auth::Auth};
 use tempfile::TempDir;
@@ -101,6 +101,10 @@ impl TestServer {
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel().await)
+    }
+
+    pub async fn consumers(&self) -> ConsumerServiceClient<Channel> {
+        ConsumerServiceClient::new(self.channel().await)
     }
 
     /// Graceful shutdown; returns the data dir so a test can restart on it.

@@ -50,6 +50,9 @@ pub enum OrdoError {
     Aborted(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A bound was reached (e.g. a consumer-group member that does not read its deliveries).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A position outside the log.
     #[error("{0}")]
     OutOfRange(String),
@@ -144,6 +147,7 @@ impl OrdoError {
             OrdoError::FailedPrecondition(_) => Code::FailedPrecondition,
             OrdoError::Aborted(_) => Code::Aborted,
             OrdoError::AlreadyExists(_) => Code::AlreadyExists,
+            OrdoError::ResourceExhausted(_) => Code::ResourceExhausted,
             OrdoError::OutOfRange(_) => Code::OutOfRange,
             OrdoError::Unavailable(_) => Code::Unavailable,
             OrdoError::Store(store) => match store {

@@ -27,6 +27,17 @@ enum Pattern {
 }
 
 impl Pattern {
+    /// Whether every value `inner` matches, this matches too.
+    fn covers(&self, inner: &Pattern) -> bool {
+        match (self, inner) {
+            (Pattern::Prefix(p), Pattern::Exact(v) | Pattern::Prefix(v)) => {
+                v.starts_with(p.as_str())
+            }
+            (Pattern::Exact(a), Pattern::Exact(b)) => a == b,
+            (Pattern::Exact(_), Pattern::Prefix(_)) => false,
+        }
+    }
+
     fn matches(&self, value: &str) -> bool {
         match self {
             Pattern::Exact(exact) => value == exact,
@@ -63,6 +74,18 @@ impl Matcher {
     pub fn within(mut self, outer: Option<&Matcher>) -> Self {
         self.within = outer.map(|m| Box::new(m.clone()));
         self
+    }
+
+    /// True when every event this matcher accepts is also accepted by `outer`: a restricted
+    /// token may use a shared consumer group only if the group cannot hand it anything else.
+    pub fn is_within(&self, outer: &Matcher) -> bool {
+        let covered = |inner: &[Pattern], outer: &[Pattern]| {
+            outer.is_empty()
+                || (!inner.is_empty() && inner.iter().all(|i| outer.iter().any(|o| o.covers(i))))
+        };
+        covered(&self.types, &outer.types)
+            && covered(&self.streams, &outer.streams)
+            && outer.within.as_ref().is_none_or(|w| self.is_within(w))
     }
 
     /// True when every event matches, so callers can skip looking at events at all.
@@ -105,4 +128,26 @@ fn patterns(field: &str, entries: &[String]) -> Result<Vec<Pattern>, OrdoError> 
             None => validate::name(field, entry).map(|_| Pattern::Exact(entry.clone())),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(types: &[&str], streams: &[&str]) -> Matcher {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Matcher::from_lists(("t", &owned(types)), ("s", &owned(streams))).expect("valid")
+    }
+
+    #[test]
+    fn within_means_no_event_escapes() {
+        let outer = m(&["order.*"], &[]);
+        assert!(m(&["order.created"], &[]).is_within(&outer));
+        assert!(m(&["order.*"], &["o-1"]).is_within(&outer));
+        assert!(!m(&[], &[]).is_within(&outer));
+        assert!(!m(&["payment.done"], &[]).is_within(&outer));
+        assert!(!m(&["*"], &[]).is_within(&outer));
+        assert!(m(&["x"], &["a"]).is_within(&Matcher::default()));
+        assert!(!m(&["order.*"], &[]).is_within(&m(&["order.created"], &[])));
+    }
 }

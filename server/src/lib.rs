@@ -13,7 +13,8 @@
 //! - **Where it is decided.** The domain modules validate and build what to append:
 //!   [`orders`] (commands checked against the order state machine, plus the order projection as
 //!   records written with the events), [`events`] (`Publish`, `AppendStream`, `ReadEvents`,
-//!   subscriptions) and [`webhooks`] (definitions and their delivery). Shared leaves:
+//!   subscriptions), [`webhooks`] (definitions and their delivery) and [`groups`] (consumer
+//!   groups: one task per group owns its window of deliveries and writes its progress). Shared leaves:
 //!   [`filter`] (type and stream matching, also used by token restrictions and webhooks),
 //!   [`validate`], [`paging`], [`clock`].
 //! - **Where it is made durable.** Everything is appended through [`store`]'s `EventLog` trait
@@ -46,6 +47,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod filter;
+pub mod groups;
 pub mod grpc;
 pub mod orders;
 pub mod paging;

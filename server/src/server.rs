@@ -16,9 +16,14 @@ use crate::{
     admin::Maintenance,
     auth::{Auth, AuthLayer, TokensError, layer::AuthSettings},
     config::{ServerConfig, TlsConfig},
+    groups::Groups,
     grpc::{
-        admin::AdminApi, events::EventApi, orders::OrderApi, webhooks::WebhookApi,
-        wire::EventServiceServer,
+        admin::AdminApi,
+        consumer::ConsumerApi,
+        events::EventApi,
+        orders::OrderApi,
+        webhooks::WebhookApi,
+        wire::{ConsumerServiceServer, EventServiceServer},
     },
     orders::OrderCommands,
     store::{LogOptions, SharedLog, SledLog},
@@ -125,6 +130,10 @@ async fn serve(
     let compactor = maintenance.clone().spawn(shutdown.clone());
     let admin = AdminServiceServer::new(AdminApi::new(log.clone(), maintenance))
         .max_decoding_message_size(max_message);
+    // Group tasks stop on `shutdown`; joined below before the log is closed.
+    let groups = Groups::start(log.clone(), shutdown.clone()).await?;
+    let consumer = ConsumerServiceServer::new(ConsumerApi::new(groups.clone(), shutdown.clone()))
+        .max_decoding_message_size(max_message);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrderServiceServer<OrderApi>>().await;
@@ -133,6 +142,9 @@ async fn serve(
         .set_serving::<WebhookServiceServer<WebhookApi>>()
         .await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health
+        .set_serving::<ConsumerServiceServer<ConsumerApi>>()
+        .await;
 
     // grpcurl 1.8 speaks only v1alpha, newer tools v1: serve both.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -168,6 +180,7 @@ async fn serve(
         .add_service(events)
         .add_service(webhooks)
         .add_service(admin)
+        .add_service(consumer)
         // Nodelay on every accepted socket: with Nagle, a response written after a window update
         // waits for the client's delayed ACK (~40 ms). Builder::tcp_nodelay only applies to
         // listeners tonic binds itself.
@@ -195,6 +208,7 @@ async fn serve(
         }
     };
     hooks.join().await;
+    groups.join_tasks().await;
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
     let _ = compactor.await;

@@ -12,11 +12,13 @@ use std::{
 };
 
 use ordo_api::v1::{
-    CancelOrderRequest, CreateOrderRequest, CreateWebhookRequest, DeleteWebhookRequest,
-    EventFilter, GetOrderRequest, GetWebhookRequest, LineItem, ListDeadLettersRequest,
-    ListDeliveriesRequest, ListOrdersRequest, ListWebhooksRequest, Money, NewEvent, PublishRequest,
-    ReadEventsRequest, RedriveDeadLettersRequest, RotateSecretRequest, StartPosition,
-    SubscribeRequest, UpdateOrderStatusRequest, UpdateWebhookRequest, start_position::Position,
+    AckRequest, CancelOrderRequest, CreateGroupRequest, CreateOrderRequest, CreateWebhookRequest,
+    DeleteGroupRequest, DeleteWebhookRequest, EventFilter, GetGroupRequest, GetOrderRequest,
+    GetWebhookRequest, LineItem, ListDeadLettersRequest, ListDeliveriesRequest, ListGroupsRequest,
+    ListOrdersRequest, ListParkedRequest, ListWebhooksRequest, Money, NackRequest, NewEvent,
+    PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest, ReplayParkedRequest,
+    RetryBackoff, RotateSecretRequest, StartPosition, SubscribeRequest, UpdateGroupRequest,
+    UpdateOrderStatusRequest, UpdateWebhookRequest, start_position::Position,
 };
 use ordo_server::auth::{Scope, hash_token};
 use ordo_test_harness::TestServer;
@@ -408,7 +410,7 @@ fn unknown() -> impl Strategy<Value = Unknown> {
     })
 }
 
-const PATHS: [&str; 16] = [
+const PATHS: [&str; 25] = [
     "/ordo.v1.OrderService/CreateOrder",
     "/ordo.v1.OrderService/GetOrder",
     "/ordo.v1.OrderService/ListOrders",
@@ -425,6 +427,15 @@ const PATHS: [&str; 16] = [
     "/ordo.v1.WebhookService/ListDeliveries",
     "/ordo.v1.WebhookService/ListDeadLetters",
     "/ordo.v1.WebhookService/RedriveDeadLetters",
+    "/ordo.v1.ConsumerService/CreateGroup",
+    "/ordo.v1.ConsumerService/GetGroup",
+    "/ordo.v1.ConsumerService/ListGroups",
+    "/ordo.v1.ConsumerService/UpdateGroup",
+    "/ordo.v1.ConsumerService/DeleteGroup",
+    "/ordo.v1.ConsumerService/Ack",
+    "/ordo.v1.ConsumerService/Nack",
+    "/ordo.v1.ConsumerService/ListParked",
+    "/ordo.v1.ConsumerService/ReplayParked",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -491,6 +502,23 @@ proptest! {
                 6 => raw_unary(ch, PATHS[13], ListDeliveriesRequest { webhook_id: id, limit: n }).await,
                 7 => raw_unary(ch, PATHS[14], ListDeadLettersRequest { webhook_id: id, after_offset: offset, limit: n }).await,
                 _ => raw_unary(ch, PATHS[15], RedriveDeadLettersRequest { webhook_id: id, ..Default::default() }).await,
+            }
+        })?;
+    }
+
+    #[test]
+    fn consumer_groups(name in prop_oneof![3 => Just("fuzz".to_string()), 2 => text()], ids in vec(text(), 0..3), n in any::<u32>(), offset in number(), filter in filter(), start in start(), action in enum_value(), which in 0usize..9) {
+        check("ConsumerService", |ch| async move {
+            match which {
+                0 => raw_unary(ch, PATHS[16], CreateGroupRequest { name, filter, start, ack_timeout_ms: n, max_deliveries: n / 3, retry_backoff: Some(RetryBackoff { initial_ms: n, max_ms: n / 7 }), max_in_flight: n % 2_000, strategy: action }).await,
+                1 => raw_unary(ch, PATHS[17], GetGroupRequest { name }).await,
+                2 => raw_unary(ch, PATHS[18], ListGroupsRequest { page_size: n, page_token: name }).await,
+                3 => raw_unary(ch, PATHS[19], UpdateGroupRequest { name, ack_timeout_ms: Some(n), strategy: Some(action), ..Default::default() }).await,
+                4 => raw_unary(ch, PATHS[20], DeleteGroupRequest { name }).await,
+                5 => raw_unary(ch, PATHS[21], AckRequest { group: name, delivery_ids: ids }).await,
+                6 => raw_unary(ch, PATHS[22], NackRequest { group: name, delivery_ids: ids, action, delay_ms: n, reason: String::new() }).await,
+                7 => raw_unary(ch, PATHS[23], ListParkedRequest { group: name, from_offset: offset, page_size: n }).await,
+                _ => raw_unary(ch, PATHS[24], ReplayParkedRequest { group: name, from_offset: offset, to_offset: offset / 2, limit: n }).await,
             }
         })?;
     }

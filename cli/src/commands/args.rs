@@ -16,6 +16,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
   ordo events tail --from start --follow
   ordo --json events read --from 1 --limit 10
   ordo demo --orders 20
+  ordo groups create billing --type 'order.*' --from start
+  ordo consume billing --exec ./handle.sh --nack-on-exit-code
   ordo --addr https://ordo.internal:50051 --ca-cert ca.pem --token \"$TOKEN\" orders list
 
 Exit codes: 0 ok, 1 request failed, 2 bad usage or invalid argument, 69 server unavailable."
@@ -106,6 +108,30 @@ pub enum Command {
   ordo admin compact"
     )]
     Admin(AdminCommand),
+    /// Join a consumer group: print each delivery and ack it, or run a command per event.
+    #[command(after_help = "Examples:
+  ordo consume billing                                  # print and ack each delivery, until Ctrl-C
+  ordo --json consume billing --count 10                # ten deliveries as JSON lines, then exit
+  ordo consume billing --exec 'jq .data >> out.jsonl'   # exit 0 acks; any other exit stops ordo
+  ordo consume billing --exec ./handle.sh --nack-on-exit-code --max-in-flight 10
+
+Each delivery is acked after it was printed (or after --exec's command exited 0); on exit,
+ordo waits until the server has made every ack durable. Delivery is at-least-once: if the
+connection breaks, ordo rejoins by itself and whatever was not acked yet comes again.")]
+    Consume(ConsumeArgs),
+    /// Create, show, change and delete consumer groups; list and replay their parked events.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  ordo groups create billing --type 'order.*' --from start --max-deliveries 3
+  ordo groups list
+  ordo groups get billing
+  ordo groups update billing --ack-timeout-ms 60000 --strategy pinned
+  ordo groups parked billing
+  ordo groups replay billing --all
+  ordo groups delete billing"
+    )]
+    Groups(GroupsCommand),
     /// Create demo orders and move them along, to have something to tail and query.
     #[command(after_help = "Examples:
   ordo demo                          # 50 orders as fast as the server takes them
@@ -365,6 +391,180 @@ refused line does not stop the others, and the command then fails naming it). Wi
         /// streaming them.
         #[arg(long, requires = "from_file", value_parser = clap::value_parser!(u32).range(1..=1000))]
         batch_size: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The consumer group to join (create it first with `ordo groups create`).
+    pub group: String,
+    /// Deliveries this member holds unacked at once (default: the group's max_in_flight).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub max_in_flight: u32,
+    /// Stop after this many deliveries were acked or nacked. The member then holds at most N
+    /// at once; deliveries the server sends it after the last one are handed back when it
+    /// leaves, which the group counts as a failed delivery of those events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Run this shell command (`sh -c CMD`) for each delivery, one at a time, with the event
+    /// as one JSON line on stdin and ORDO_GROUP, ORDO_DELIVERY_ID, ORDO_ATTEMPT and
+    /// ORDO_OFFSET in its environment. Exit 0 acks the event. Any other exit stops ordo with
+    /// exit 1 and leaves the event unacked (it is delivered again), unless --nack-on-exit-code.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// With --exec: a non-zero exit nacks the event instead of stopping ordo. The group
+    /// delivers it again after its retry backoff, and parks it in its dead-letter queue once it
+    /// has failed max_deliveries times (see `ordo groups parked`).
+    #[arg(long, requires = "exec")]
+    pub nack_on_exit_code: bool,
+    /// A name for this member in the server's logs (default: ordo-cli-<pid>).
+    #[arg(long)]
+    pub member_name: Option<String>,
+}
+
+/// How a group spreads events over its members.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    /// Each event to the next member with room; a stream's events may be processed in parallel.
+    RoundRobin,
+    /// All events of a stream to one member, one at a time, in stream order.
+    Pinned,
+}
+
+/// The settings both `groups create` and `groups update` take.
+#[derive(Debug, Args)]
+pub struct GroupSettingsArgs {
+    /// How long a member may hold a delivery before it is delivered again (server default
+    /// 30000).
+    #[arg(long, value_name = "MS")]
+    pub ack_timeout_ms: Option<u32>,
+    /// Failed deliveries (nack or timeout) of one event before it is parked (server default 5).
+    #[arg(long, value_name = "N")]
+    pub max_deliveries: Option<u32>,
+    /// Delay before the first redelivery after a failure (server default 1000).
+    #[arg(long, value_name = "MS")]
+    pub backoff_initial_ms: Option<u32>,
+    /// The delay doubles per failure up to this (server default 60000).
+    #[arg(long, value_name = "MS")]
+    pub backoff_max_ms: Option<u32>,
+    /// Deliveries one member may hold unacked (server default 100, at most 1000).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// How events are spread over members (server default round-robin).
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Define a consumer group.
+    #[command(after_help = "Examples:
+  ordo groups create billing                          # only events appended from now on
+  ordo groups create audit --from start --stream 'payment-*'
+  ordo groups create shipping --type 'order.*' --strategy pinned --max-deliveries 3")]
+    Create {
+        /// 1 to 64 characters: letters, digits, `.`, `_`, `-`.
+        name: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Where the group starts: `start`, `end` (only new events), or an offset (inclusive).
+        #[arg(long, default_value = "end", value_name = "OFFSET|start|end")]
+        from: String,
+        #[command(flatten)]
+        settings: GroupSettingsArgs,
+    },
+    /// Show a group's settings and progress.
+    #[command(after_help = "Examples:
+  ordo groups get billing
+  ordo --json groups get billing | jq '.head_offset - .settled_through_offset'   # the lag")]
+    Get {
+        /// Group name.
+        name: String,
+    },
+    /// List groups in name order.
+    #[command(after_help = "Examples:
+  ordo groups list
+  ordo groups list --all")]
+    List {
+        /// Groups per page (server default 50, at most 500).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        page_size: u32,
+        /// Continue from a previous page.
+        #[arg(long, conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Change a group's settings (the filter and start cannot change: create a new group).
+    #[command(after_help = "Examples:
+  ordo groups update billing --ack-timeout-ms 60000
+  ordo groups update billing --strategy pinned --max-in-flight 10")]
+    Update {
+        /// Group name.
+        name: String,
+        #[command(flatten)]
+        settings: GroupSettingsArgs,
+    },
+    /// Delete a group, its progress and its parked events; its members are disconnected.
+    #[command(after_help = "Examples:
+  ordo groups delete billing")]
+    Delete {
+        /// Group name.
+        name: String,
+    },
+    /// List the events parked in a group's dead-letter queue, in offset order.
+    #[command(after_help = "Examples:
+  ordo groups parked billing
+  ordo --json groups parked billing --all")]
+    Parked {
+        /// Group name.
+        name: String,
+        /// Only parked events with this offset or above.
+        #[arg(
+            long,
+            default_value_t = 0,
+            hide_default_value = true,
+            value_name = "OFFSET"
+        )]
+        from: u64,
+        /// Events per page (server default 50, at most 500).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        page_size: u32,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Deliver parked events again, with a fresh delivery count.
+    #[command(after_help = "Examples:
+  ordo groups replay billing                 # up to 100 (--limit), oldest first
+  ordo groups replay billing --all           # every parked event
+  ordo groups replay billing --from 42 --to 42   # just the event at offset 42")]
+    Replay {
+        /// Group name.
+        name: String,
+        /// Only parked events with this offset or above.
+        #[arg(
+            long,
+            default_value_t = 0,
+            hide_default_value = true,
+            value_name = "OFFSET"
+        )]
+        from: u64,
+        /// Only parked events with this offset or below.
+        #[arg(
+            long,
+            default_value_t = 0,
+            hide_default_value = true,
+            value_name = "OFFSET"
+        )]
+        to: u64,
+        /// Most events replayed per call (server default 100, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        limit: u32,
+        /// Call again until every parked event in the range is replayed.
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -74,7 +74,7 @@ pub async fn run(client: &OrdoClient, out: &Out, command: EventsCommand) -> anyh
 }
 
 /// `start`, `end` or an inclusive offset.
-fn parse_start(text: &str) -> Result<Start, Failure> {
+pub(super) fn parse_start(text: &str) -> Result<Start, Failure> {
     match text {
         "start" | "beginning" => Ok(Start::Beginning),
         "end" => Ok(Start::End),
@@ -86,7 +86,7 @@ fn parse_start(text: &str) -> Result<Start, Failure> {
     }
 }
 
-fn proto_filter(filter: &FilterArgs) -> Option<EventFilter> {
+pub(super) fn proto_filter(filter: &FilterArgs) -> Option<EventFilter> {
     if filter.types.is_empty() && filter.streams.is_empty() {
         return None;
     }

@@ -1,8 +1,11 @@
 //! Text renderings for people: one line per event or order, aligned enough to scan.
 
-use ordo_client::v1::{Event, Order, OrderEvent, event::Payload, order_event};
+use ordo_client::v1::{
+    ConsumerGroup, Event, Order, OrderEvent, ParkedEvent, StartPosition, event::Payload,
+    order_event, start_position::Position,
+};
 
-use super::json::status_name;
+use super::json::{status_name, strategy_name};
 
 /// Minor-unit digits of a currency: 2 unless known otherwise, so `1250 EUR` reads `12.50 EUR`.
 fn minor_digits(currency: &str) -> u32 {
@@ -146,6 +149,87 @@ pub fn event(event: &Event) -> String {
         event.stream_id,
         event.stream_version,
         payload
+    )
+}
+
+fn start(position: Option<&StartPosition>) -> String {
+    match position.and_then(|p| p.position) {
+        Some(Position::Start(_)) => "start".into(),
+        Some(Position::End(_)) | None => "end".into(),
+        Some(Position::AfterOffset(offset)) => format!("after offset {offset}"),
+        Some(Position::FromOffset(offset)) => format!("from offset {offset}"),
+    }
+}
+
+fn list_or_any(items: &[String]) -> String {
+    if items.is_empty() {
+        "any".into()
+    } else {
+        items.join(",")
+    }
+}
+
+/// A multi-line view of one group: settings, then progress.
+pub fn group_detail(group: &ConsumerGroup) -> String {
+    let filter = group.filter.clone().unwrap_or_default();
+    let backoff = group.retry_backoff.unwrap_or_default();
+    [
+        format!("group {}  {}", group.name, strategy_name(group.strategy)),
+        format!(
+            "  filter         types={} streams={}",
+            list_or_any(&filter.types),
+            list_or_any(&filter.stream_ids)
+        ),
+        format!("  started at     {}", start(group.start.as_ref())),
+        format!(
+            "  progress       settled through {} of {} (lag {})",
+            group.settled_through_offset,
+            group.head_offset,
+            group
+                .head_offset
+                .saturating_sub(group.settled_through_offset)
+        ),
+        format!(
+            "  now            {} members, {} in flight, {} retrying, {} parked",
+            group.members, group.in_flight, group.retrying, group.parked
+        ),
+        format!(
+            "  ack timeout    {} ms; parked after {} failed deliveries; retry backoff {}-{} ms",
+            group.ack_timeout_ms, group.max_deliveries, backoff.initial_ms, backoff.max_ms
+        ),
+        format!("  max in flight  {} per member", group.max_in_flight),
+        format!("  created        {}", time(group.created_at.as_ref())),
+        format!("  updated        {}", time(group.updated_at.as_ref())),
+    ]
+    .join("\n")
+}
+
+/// One line per group, for lists.
+pub fn group_row(group: &ConsumerGroup) -> String {
+    format!(
+        "{:<24} {:<16}  settled {}/{}  lag {}  members {}  in flight {}  retrying {}  parked {}",
+        group.name,
+        strategy_name(group.strategy),
+        group.settled_through_offset,
+        group.head_offset,
+        group
+            .head_offset
+            .saturating_sub(group.settled_through_offset),
+        group.members,
+        group.in_flight,
+        group.retrying,
+        group.parked
+    )
+}
+
+/// One line per parked event: the event's line, then its attempts and reason.
+pub fn parked(parked: &ParkedEvent) -> String {
+    let line = parked.event.as_ref().map_or_else(|| "-".into(), event);
+    format!(
+        "{line}  attempts={} parked_at={} reason={:?}",
+        parked.attempts,
+        time(parked.parked_at.as_ref()),
+        parked.reason
     )
 }
 

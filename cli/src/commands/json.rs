@@ -5,7 +5,8 @@
 
 use base64::Engine;
 use ordo_client::v1::{
-    Event, EventPosition, LineItem, Order, OrderEvent, OrderStatus, event::Payload, order_event,
+    ConsumerGroup, ConsumerStrategy, Event, EventPosition, LineItem, Order, OrderEvent,
+    OrderStatus, ParkedEvent, StartPosition, event::Payload, order_event, start_position::Position,
 };
 use prost_types::Timestamp;
 use serde_json::{Map, Value, json};
@@ -126,5 +127,56 @@ pub fn position(position: &EventPosition, deduplicated: bool) -> Value {
         "stream_id": position.stream_id,
         "stream_version": position.stream_version,
         "deduplicated": deduplicated,
+    })
+}
+
+/// A group's strategy without its `CONSUMER_STRATEGY_` prefix (unset means round robin).
+pub fn strategy_name(strategy: i32) -> &'static str {
+    match ConsumerStrategy::try_from(strategy) {
+        Ok(ConsumerStrategy::PinnedByStream) => "PINNED_BY_STREAM",
+        _ => "ROUND_ROBIN",
+    }
+}
+
+/// A start position as its oneof field: `{"start": true}`, `{"after_offset": 5}`...
+fn start(position: Option<&StartPosition>) -> Value {
+    match position.and_then(|p| p.position) {
+        Some(Position::Start(_)) => json!({"start": true}),
+        Some(Position::End(_)) | None => json!({"end": true}),
+        Some(Position::AfterOffset(offset)) => json!({"after_offset": offset}),
+        Some(Position::FromOffset(offset)) => json!({"from_offset": offset}),
+    }
+}
+
+pub fn group(group: &ConsumerGroup) -> Value {
+    let filter = group.filter.clone().unwrap_or_default();
+    let backoff = group.retry_backoff.unwrap_or_default();
+    json!({
+        "name": group.name,
+        "filter": {"types": filter.types, "stream_ids": filter.stream_ids},
+        "start": start(group.start.as_ref()),
+        "strategy": strategy_name(group.strategy),
+        "ack_timeout_ms": group.ack_timeout_ms,
+        "max_deliveries": group.max_deliveries,
+        "retry_backoff": {"initial_ms": backoff.initial_ms, "max_ms": backoff.max_ms},
+        "max_in_flight": group.max_in_flight,
+        "created_at": time(group.created_at.as_ref()),
+        "updated_at": time(group.updated_at.as_ref()),
+        "settled_through_offset": group.settled_through_offset,
+        "head_offset": group.head_offset,
+        "members": group.members,
+        "in_flight": group.in_flight,
+        "retrying": group.retrying,
+        "parked": group.parked,
+    })
+}
+
+/// A parked event: the event itself, and why and when it was parked.
+pub fn parked(parked: &ParkedEvent) -> Value {
+    json!({
+        "event": parked.event.as_ref().map_or(Value::Null, event),
+        "attempts": parked.attempts,
+        "reason": parked.reason,
+        "parked_at": time(parked.parked_at.as_ref()),
     })
 }

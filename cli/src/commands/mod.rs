@@ -3,9 +3,11 @@
 
 mod admin;
 pub mod args;
+mod consume;
 mod demo;
 mod events;
 pub mod fail;
+mod groups;
 mod human;
 mod json;
 mod orders;
@@ -41,6 +43,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orders(command) => orders::run(&client, &out, command).await,
         Command::Events(command) => events::run(&client, &out, command).await,
         Command::Admin(command) => admin::run(&client, &out, command).await,
+        Command::Consume(args) => consume::run(&client, &out, args).await,
+        Command::Groups(command) => groups::run(&client, &out, command).await,
         Command::Health { service } => health(&client, &out, &service).await,
         Command::Demo {
             orders,

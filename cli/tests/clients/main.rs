@@ -1,10 +1,12 @@
 //! The Rust clients against a real server: the `ordo` CLI (commands, output, exit codes, follow
-//! and resume across restarts) and the `ordo-client` library it is built on (typed errors,
-//! self-resuming subscriptions, TLS and tokens). One binary, since both need the `ordo` binary.
+//! and resume across restarts, consumer groups) and the `ordo-client` library it is built on
+//! (typed errors, self-resuming subscriptions and consumers, TLS and tokens). One binary, since both need the `ordo` binary.
 
 mod admin;
 mod cli;
+mod cli_groups;
 mod client_resume;
+mod consumer;
 mod producer;
 
 use ordo_api::v1::{Event, ReadEventsRequest, StartPosition, start_position::Position};

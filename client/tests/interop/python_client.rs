@@ -1,7 +1,8 @@
 //! The Python example (`examples/python/`) against the real `ordo-server` binary: stubs are
 //! generated from `proto/` with grpcio-tools at test time, then the producer creates an order
 //! and publishes, and the consumer subscribes from an offset and resumes after a client-side
-//! disconnect and after a `kill -9` restart of the server.
+//! disconnect and after a `kill -9` restart of the server; the consumer-group member acks,
+//! nacks and rejoins.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -193,4 +194,127 @@ async fn python_streaming_producer_acks_in_order_and_resends_safely() {
     let summary = second.last().expect("summary");
     assert_eq!(summary["deduplicated"], 3000, "{summary}");
     assert_eq!(summary["last_offset"], 3000, "nothing stored twice");
+}
+
+/// The consumer-group example (`group_consumer.py`) over the bidirectional Consume stream:
+/// it acks what it handles, rejoins after dropping its stream and gets the unacked deliveries
+/// again, and nacks what its handler fails on; the server's view of the groups proves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_group_consumer_acks_nacks_and_rejoins() {
+    use ordo_client::{
+        OrdoClient,
+        v1::{CreateGroupRequest, EventFilter, NewEvent, StartPosition, start_position},
+    };
+
+    pip_install().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let stubs = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(data.path(), None, &[]).await;
+    let addr = server.addr.to_string();
+    let client = OrdoClient::connect(server.url()).await.expect("connect");
+    let event = |i: usize, kind: &str| NewEvent {
+        stream_id: format!("job-{i}"),
+        r#type: kind.into(),
+        data: b"{}".to_vec(),
+        ..Default::default()
+    };
+    let mut events: Vec<NewEvent> = (0..5).map(|i| event(i, "job.ok")).collect();
+    events.push(event(5, "job.poison"));
+    client.publish(events).await.expect("publish");
+    let group = |name: &str, types: &[&str], max_deliveries: u32| CreateGroupRequest {
+        name: name.into(),
+        filter: Some(EventFilter {
+            types: types.iter().map(|t| t.to_string()).collect(),
+            stream_ids: Vec::new(),
+        }),
+        start: Some(StartPosition {
+            position: Some(start_position::Position::Start(true)),
+        }),
+        max_deliveries,
+        ..Default::default()
+    };
+
+    // Two handled and acked, the rest left unacked on a dropped stream: they come again.
+    client
+        .create_group(group("py-ok", &["job.ok"], 0))
+        .await
+        .expect("create");
+    let mut rejoin = python("group_consumer.py", stubs.path());
+    rejoin.args([
+        "--addr",
+        &addr,
+        "--group",
+        "py-ok",
+        "--count",
+        "5",
+        "--disconnect-after",
+        "2",
+    ]);
+    let lines = run_json(rejoin).await;
+    assert!(
+        lines.iter().any(|v| v.get("reconnecting").is_some()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|v| v.get("joined").is_some()).count(),
+        2,
+        "{lines:?}"
+    );
+    let done = lines.last().expect("done");
+    assert_eq!(done["acked"], serde_json::json!([1, 2, 3, 4, 5]), "{done}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["offset"] == 3 && v["attempt"] == 2 && v.get("delivery").is_some()),
+        "an unacked delivery came again after the rejoin: {lines:?}"
+    );
+    let status = client.get_group("py-ok").await.expect("get");
+    assert_eq!(status.settled_through_offset, status.head_offset);
+    assert_eq!((status.head_offset, status.parked), (6, 0));
+
+    // The handler raises on the poison event: nacked, and parked (max_deliveries 1).
+    client
+        .create_group(group("py-poison", &[], 1))
+        .await
+        .expect("create");
+    let mut poison = python("group_consumer.py", stubs.path());
+    poison.args([
+        "--addr",
+        &addr,
+        "--group",
+        "py-poison",
+        "--count",
+        "6",
+        "--fail-type",
+        "job.poison",
+    ]);
+    let lines = run_json(poison).await;
+    let done = lines.last().expect("done");
+    assert_eq!(done["acked"], serde_json::json!([1, 2, 3, 4, 5]), "{done}");
+    assert_eq!(done["nacked"], serde_json::json!([6]), "{done}");
+    let status = client.get_group("py-poison").await.expect("get");
+    assert_eq!(status.settled_through_offset, 6);
+    assert_eq!(status.parked, 1, "{status:?}");
+    let parked = client
+        .list_parked(ordo_client::v1::ListParkedRequest {
+            group: "py-poison".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list parked");
+    assert!(
+        parked.parked[0].reason.contains("cannot handle job.poison"),
+        "{parked:?}"
+    );
+
+    // An unknown group is an error, not a retry loop.
+    let mut missing = python("group_consumer.py", stubs.path());
+    missing.args(["--addr", &addr, "--group", "nope"]);
+    let output = tokio::time::timeout(Duration::from_secs(60), missing.output())
+        .await
+        .expect("exits")
+        .expect("run python3");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
 }

@@ -60,6 +60,7 @@ pub fn rule_for(path: &str, open_health: bool, open_reflection: bool) -> Rule {
         }
         ("ordo.v1.WebhookService", _) => scope(Scope::WebhooksAdmin, false),
         ("ordo.v1.AdminService", _) => scope(Scope::Admin, false),
+        ("ordo.v1.ConsumerService", _) => scope(Scope::EventsConsume, false),
         _ => Rule::Authenticated,
     }
 }
@@ -287,6 +288,12 @@ mod tests {
                 true,
             ),
             ("/ordo.v1.OrderService/GetOrder", Scope::OrdersRead, false),
+            (
+                "/ordo.v1.ConsumerService/Consume",
+                Scope::EventsConsume,
+                false,
+            ),
+            ("/ordo.v1.ConsumerService/Ack", Scope::EventsConsume, false),
             ("/ordo.v1.OrderService/ListOrders", Scope::OrdersRead, false),
             ("/ordo.v1.EventService/Publish", Scope::EventsPublish, true),
             (

@@ -49,17 +49,20 @@ pub enum Scope {
     OrdersWrite,
     EventsPublish,
     EventsSubscribe,
+    /// Consumer groups: define them, join them, settle and replay their deliveries.
+    EventsConsume,
     WebhooksAdmin,
     /// AdminService: compaction, stream deletion, backups (which hold every event).
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::OrdersRead,
         Scope::OrdersWrite,
         Scope::EventsPublish,
         Scope::EventsSubscribe,
+        Scope::EventsConsume,
         Scope::WebhooksAdmin,
         Scope::Admin,
     ];
@@ -70,6 +73,7 @@ impl Scope {
             Scope::OrdersWrite => "orders:write",
             Scope::EventsPublish => "events:publish",
             Scope::EventsSubscribe => "events:subscribe",
+            Scope::EventsConsume => "events:consume",
             Scope::WebhooksAdmin => "webhooks:admin",
             Scope::Admin => "admin",
         }

@@ -1,4 +1,5 @@
-//! Generated server-side types for `ordo.v1.EventService` (see `server/proto/wire/`).
+//! Generated server-side types for `ordo.v1.EventService` and `ordo.v1.ConsumerService` (see
+//! `server/proto/wire/`).
 #![allow(clippy::all, missing_docs)]
 
 pub mod ordo {
@@ -11,8 +12,14 @@ pub mod ordo {
 }
 
 pub use ordo::{
-    v1::event_service_server::{EventService, EventServiceServer},
-    wire::{SubscribeFrame, subscribe_frame::Message as Frame},
+    v1::{
+        consumer_service_server::{ConsumerService, ConsumerServiceServer},
+        event_service_server::{EventService, EventServiceServer},
+    },
+    wire::{
+        ConsumeFrame, DeliveryFrame, SubscribeFrame, consume_frame::Message as ConsumeMessage,
+        subscribe_frame::Message as Frame,
+    },
 };
 
 #[cfg(test)]
@@ -38,5 +45,41 @@ mod tests {
         };
         let decoded = SubscribeResponse::decode(frame.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(decoded.message, Some(Message::Event(event)));
+    }
+
+    /// The delivery the server sends must decode as the public ConsumeResponse.
+    #[test]
+    fn consume_frame_is_wire_identical_to_consume_response() {
+        use ordo_api::v1::{ConsumeResponse, Delivery, consume_response};
+
+        use super::{ConsumeFrame, ConsumeMessage, DeliveryFrame};
+        let event = Event {
+            offset: 9,
+            id: "e-9".into(),
+            stream_id: "s".into(),
+            ..Default::default()
+        };
+        let deadline = prost_types::Timestamp {
+            seconds: 5,
+            nanos: 7,
+        };
+        let frame = ConsumeFrame {
+            message: Some(ConsumeMessage::Delivery(DeliveryFrame {
+                delivery_id: "g/9/2".into(),
+                attempt: 2,
+                event: event.encode_to_vec().into(),
+                ack_deadline: Some(deadline),
+            })),
+        };
+        let decoded = ConsumeResponse::decode(frame.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(
+            decoded.message,
+            Some(consume_response::Message::Delivery(Delivery {
+                delivery_id: "g/9/2".into(),
+                attempt: 2,
+                event: Some(event),
+                ack_deadline: Some(deadline),
+            }))
+        );
     }
 }

@@ -9,6 +9,7 @@ mod backup;
 mod deletion;
 mod durability;
 mod events;
+mod groups;
 mod journal;
 mod orders;
 mod retention;

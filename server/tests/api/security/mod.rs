@@ -9,14 +9,16 @@ use std::{
 };
 
 use ordo_api::v1::{
-    BackupRequest, CancelOrderRequest, CompactRequest, CreateWebhookRequest, DeleteStreamRequest,
-    DeleteWebhookRequest, EventFilter, GetLogInfoRequest, GetOrderRequest, GetWebhookRequest,
-    ListDeadLettersRequest, ListDeliveriesRequest, ListOrdersRequest, ListWebhooksRequest,
-    PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest, RotateSecretRequest,
-    SubscribeRequest, SubscribeResponse, UpdateOrderStatusRequest, UpdateWebhookRequest,
-    admin_service_client::AdminServiceClient, event_service_client::EventServiceClient,
-    order_service_client::OrderServiceClient, subscribe_response::Message,
-    webhook_service_client::WebhookServiceClient,
+    AckRequest, BackupRequest, CancelOrderRequest, CompactRequest, ConsumeRequest,
+    CreateWebhookRequest, DeleteStreamRequest, DeleteWebhookRequest, EventFilter, GetGroupRequest,
+    GetLogInfoRequest, GetOrderRequest, GetWebhookRequest, JoinGroup, ListDeadLettersRequest,
+    ListDeliveriesRequest, ListGroupsRequest, ListOrdersRequest, ListParkedRequest,
+    ListWebhooksRequest, PublishRequest, ReadEventsRequest, RedriveDeadLettersRequest,
+    ReplayParkedRequest, RotateSecretRequest, SubscribeRequest, SubscribeResponse,
+    UpdateOrderStatusRequest, UpdateWebhookRequest, admin_service_client::AdminServiceClient,
+    consume_request, consumer_service_client::ConsumerServiceClient,
+    event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
+    subscribe_response::Message, webhook_service_client::WebhookServiceClient,
 };
 use ordo_server::{
     ServerConfig,
@@ -26,6 +28,7 @@ use ordo_server::{
 use ordo_test_harness::{
     ChildServer, TestServer,
     api::{create_req, end, new_event, publish_req},
+    consumer::group_req,
     free_port,
     pki::{Pki, pki, write_pem},
     tokens::{Tok, with_token, write_tokens},
@@ -80,9 +83,16 @@ enum Rpc {
     Compact,
     DeleteStream,
     Backup,
+    CreateGroup,
+    GetGroup,
+    ListGroups,
+    Consume,
+    Ack,
+    ListParked,
+    ReplayParked,
 }
 
-const ALL_RPCS: [Rpc; 21] = [
+const ALL_RPCS: [Rpc; 28] = [
     Rpc::CreateOrder,
     Rpc::GetOrder,
     Rpc::ListOrders,
@@ -104,6 +114,13 @@ const ALL_RPCS: [Rpc; 21] = [
     Rpc::Compact,
     Rpc::DeleteStream,
     Rpc::Backup,
+    Rpc::CreateGroup,
+    Rpc::GetGroup,
+    Rpc::ListGroups,
+    Rpc::Consume,
+    Rpc::Ack,
+    Rpc::ListParked,
+    Rpc::ReplayParked,
 ];
 
 impl Rpc {
@@ -114,6 +131,13 @@ impl Rpc {
             Rpc::Subscribe | Rpc::ReadEvents => Scope::EventsSubscribe,
             Rpc::Publish => Scope::EventsPublish,
             Rpc::GetLogInfo | Rpc::Compact | Rpc::DeleteStream | Rpc::Backup => Scope::Admin,
+            Rpc::CreateGroup
+            | Rpc::GetGroup
+            | Rpc::ListGroups
+            | Rpc::Consume
+            | Rpc::Ack
+            | Rpc::ListParked
+            | Rpc::ReplayParked => Scope::EventsConsume,
             _ => Scope::WebhooksAdmin,
         }
     }
@@ -124,6 +148,7 @@ impl Rpc {
         let mut events = EventServiceClient::new(channel.clone());
         let mut hooks = WebhookServiceClient::new(channel.clone());
         let mut admin = AdminServiceClient::new(channel.clone());
+        let mut groups = ConsumerServiceClient::new(channel.clone());
         let t = token;
         let missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
         match self {
@@ -269,6 +294,60 @@ impl Rpc {
                 .map(drop),
             Rpc::Backup => admin
                 .backup(with_token(BackupRequest {}, t))
+                .await
+                .map(drop),
+            Rpc::CreateGroup => groups
+                .create_group(with_token(group_req("sec"), t))
+                .await
+                .map(drop),
+            Rpc::GetGroup => groups
+                .get_group(with_token(GetGroupRequest { name: missing }, t))
+                .await
+                .map(drop),
+            Rpc::ListGroups => groups
+                .list_groups(with_token(ListGroupsRequest::default(), t))
+                .await
+                .map(drop),
+            Rpc::Consume => {
+                let join = ConsumeRequest {
+                    message: Some(consume_request::Message::Join(JoinGroup {
+                        group: missing,
+                        ..Default::default()
+                    })),
+                };
+                groups
+                    .consume(with_token(tokio_stream::iter(vec![join]), t))
+                    .await
+                    .map(drop)
+            }
+            Rpc::Ack => groups
+                .ack(with_token(
+                    AckRequest {
+                        group: missing.clone(),
+                        delivery_ids: vec![format!("{missing}/1/1")],
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::ListParked => groups
+                .list_parked(with_token(
+                    ListParkedRequest {
+                        group: missing,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            Rpc::ReplayParked => groups
+                .replay_parked(with_token(
+                    ReplayParkedRequest {
+                        group: missing,
+                        ..Default::default()
+                    },
+                    t,
+                ))
                 .await
                 .map(drop),
         }

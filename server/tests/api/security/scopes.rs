@@ -256,3 +256,58 @@ async fn a_restricted_token_sees_and_writes_only_its_prefixes() {
     assert!(err.message().contains("events[1]"), "{err:?}");
     assert_eq!(head(&channel, Some(ADMIN)).await, before);
 }
+
+#[tokio::test]
+async fn a_restricted_token_uses_only_groups_inside_its_prefixes() {
+    const SHOP: &str = "shop-token";
+    let tokens = [
+        Tok::new("admin", ADMIN, &Scope::ALL),
+        Tok {
+            event_types: &["cart.*"],
+            ..Tok::new("shop", SHOP, &[Scope::EventsConsume])
+        },
+    ];
+    let (server, _auth, _dir, _path) = start_with_tokens(&tokens, |_| {}).await;
+    let mut groups = ConsumerServiceClient::new(server.channel().await);
+    // A group with no filter would hand the token every event: refused, and not created.
+    let err = groups
+        .create_group(with_token(group_req("all"), Some(SHOP)))
+        .await
+        .expect_err("unfiltered group");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("reaches beyond"), "{err:?}");
+    let inside = ordo_api::v1::CreateGroupRequest {
+        filter: Some(EventFilter {
+            types: vec!["cart.checked_out".into()],
+            stream_ids: vec![],
+        }),
+        ..group_req("carts")
+    };
+    groups
+        .create_group(with_token(inside, Some(SHOP)))
+        .await
+        .expect("a group inside the prefixes");
+    // An admin's group outside the prefixes is invisible and unusable for the token.
+    groups
+        .create_group(with_token(group_req("everything"), Some(ADMIN)))
+        .await
+        .expect("admin group");
+    let listed = groups
+        .list_groups(with_token(ListGroupsRequest::default(), Some(SHOP)))
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<_> = listed.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["carts"]);
+    let join = ConsumeRequest {
+        message: Some(consume_request::Message::Join(JoinGroup {
+            group: "everything".into(),
+            ..Default::default()
+        })),
+    };
+    let err = groups
+        .consume(with_token(tokio_stream::iter(vec![join]), Some(SHOP)))
+        .await
+        .expect_err("join outside the prefixes");
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
