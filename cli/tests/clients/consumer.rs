@@ -108,6 +108,51 @@ async fn acks_move_the_group_to_the_head_and_a_nack_brings_the_event_back() {
     assert_eq!(status.members, 0, "close leaves the group");
 }
 
+/// An extended delivery outlives the group's ack timeout; one that is not extended is given
+/// out again, and its late ack is refused with the server's reason.
+#[tokio::test]
+async fn extend_keeps_a_delivery_past_the_ack_timeout() {
+    let server = TestServer::start().await;
+    let client = OrdoClient::connect(server.url()).await.expect("connect");
+    client.publish(events(0, 2)).await.expect("publish");
+    let mut request = group("slow");
+    request.ack_timeout_ms = 300;
+    client.create_group(request).await.expect("create");
+    let mut consumer = client
+        .consume(ConsumeOptions::new("slow"))
+        .expect("consume");
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        if let ConsumerItem::Delivery(delivery) = next(&mut consumer).await.expect("item") {
+            held.push(delivery);
+        }
+    }
+    let forgotten = held.pop().expect("second");
+    let kept = held.pop().expect("first");
+    kept.extend(Some(Duration::from_secs(10)))
+        .await
+        .expect("extend queued");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    kept.ack()
+        .await
+        .expect("queued")
+        .await
+        .expect("the extended delivery is still ours");
+    match forgotten.ack().await.expect("queued").await {
+        Err(ClientError::FailedPrecondition(message)) => {
+            assert!(message.contains("no longer current"), "{message}")
+        }
+        other => panic!("expected the late ack to be refused, got {other:?}"),
+    }
+    // The timed-out event comes again, as attempt 2.
+    loop {
+        if let ConsumerItem::Delivery(again) = next(&mut consumer).await.expect("item") {
+            assert_eq!((again.offset(), again.attempt), (2, 2));
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_or_deleted_group_ends_the_stream_with_not_found() {
     let server = TestServer::start().await;
