@@ -191,6 +191,7 @@ enum State {
 /// An unsettled event of the window.
 struct Entry {
     stream_id: String,
+    stream_version: u64,
     /// Deliveries of it that failed so far (durable in its failure record).
     failures: u32,
     /// A replayed parked event: its offset is already settled in the progress.
@@ -217,6 +218,8 @@ pub struct Actor {
     rr_last: u64,
     timers: BTreeSet<(Instant, u64)>,
     parked: u64,
+    /// Events retention removed before the group settled them.
+    trimmed: u64,
     cached_bytes: usize,
     writes: Vec<RecordWrite>,
     checkpoint_dirty: bool,
@@ -249,7 +252,8 @@ impl Actor {
             };
             let failure: Failure = records::decode(&value, "group failure")?;
             if failure.replay {
-                let Some(event) = read_one(&log, offset)? else {
+                // Gone (retention, or its stream deleted): nothing to replay.
+                let Some(event) = read_present(&log, offset)? else {
                     continue;
                 };
                 replaying += 1;
@@ -257,6 +261,7 @@ impl Actor {
                     offset,
                     Entry {
                         stream_id: event.key()?.stream_id.clone(),
+                        stream_version: event.key()?.stream_version,
                         failures: failure.failures,
                         replay: true,
                         state: State::Ready,
@@ -286,6 +291,7 @@ impl Actor {
             rr_last: 0,
             timers: BTreeSet::new(),
             parked,
+            trimmed: checkpoint.trimmed,
             cached_bytes: 0,
             writes: Vec::new(),
             checkpoint_dirty: false,
@@ -404,26 +410,82 @@ impl Actor {
 
     /// Reads the log past `scanned` into the window; true if more is there to read.
     fn fill(&mut self) -> Result<bool, StoreError> {
+        self.skip_trimmed();
         let head = self.log.head();
         for _ in 0..READS_PER_ROUND {
             if self.scanned >= head || !self.window_has_room() {
                 return Ok(false);
             }
-            let events = self
-                .log
-                .read_raw(self.scanned + 1, READ_EVENTS, READ_CHUNK_BYTES)?;
-            let Some(last) = events.last().map(|e| e.offset) else {
-                return Ok(false);
+            let from = self.scanned + 1;
+            let page = match self.log.read_page(from, READ_EVENTS, READ_CHUNK_BYTES) {
+                Ok(page) => page,
+                // Retention moved the first offset meanwhile: skip to it, visibly.
+                Err(StoreError::Trimmed { .. }) => {
+                    self.skip_trimmed();
+                    continue;
+                }
+                Err(err) => return Err(err),
             };
-            for event in events {
+            if page.next <= from {
+                return Ok(false);
+            }
+            for event in page.events {
+                // Offsets the page skipped (events of deleted streams) are settled like
+                // events the filter does not want.
+                if event.offset > self.scanned + 1 {
+                    self.progress
+                        .settle_range(self.scanned + 1, event.offset - 1);
+                    self.checkpoint_dirty = true;
+                }
                 self.take(event)?;
                 if !self.window_has_room() {
                     return Ok(false);
                 }
             }
-            self.scanned = self.scanned.max(last);
+            if page.next - 1 > self.scanned {
+                self.progress.settle_range(self.scanned + 1, page.next - 1);
+                self.checkpoint_dirty = true;
+                self.scanned = page.next - 1;
+            }
         }
         Ok(self.scanned < head)
+    }
+
+    /// Retention removed events below the log's first offset: the ones this group had not
+    /// settled are skipped, counted in `trimmed` (shown by GetGroup) and logged at WARN, never
+    /// silently.
+    fn skip_trimmed(&mut self) {
+        let first = self.log.first_offset();
+        if first <= self.progress.settled_through() + 1
+            && self.window.range(..first).next().is_none()
+        {
+            return;
+        }
+        let mut skipped = 0u64;
+        let below: Vec<u64> = self.window.range(..first).map(|(o, _)| *o).collect();
+        for offset in below {
+            if let Some(entry) = self.remove(offset) {
+                if entry.replay {
+                    self.replaying -= 1;
+                } else {
+                    skipped += 1;
+                }
+                self.writes.push(records::delete(records::failure_key(
+                    &self.group.name,
+                    offset,
+                )));
+            }
+        }
+        // Never examined: counted whether or not they matched the filter (they cannot be read
+        // any more to tell).
+        skipped += (first - 1).saturating_sub(self.scanned.max(self.progress.settled_through()));
+        self.progress.settle_range(1, first - 1);
+        self.scanned = self.scanned.max(first - 1);
+        self.checkpoint_dirty = true;
+        if skipped > 0 {
+            self.trimmed += skipped;
+            warn!(group = %self.group.name, first_offset = first, skipped, "retention removed events this consumer group had not settled; skipped");
+        }
     }
 
     /// One event of the scan: settled already, not wanted (settled now), or into the window.
@@ -455,6 +517,7 @@ impl Actor {
             offset,
             Entry {
                 stream_id: key.stream_id.clone(),
+                stream_version: key.stream_version,
                 failures: failure.failures,
                 replay: false,
                 state,
@@ -740,6 +803,25 @@ impl Actor {
         Some(entry)
     }
 
+    /// An unsettled event that disappeared from the log (its stream deleted, or trimmed):
+    /// settled without delivery.
+    fn forget_gone(&mut self, offset: u64) {
+        let Some(entry) = self.remove(offset) else {
+            return;
+        };
+        info!(group = %self.group.name, offset, "event is gone from the log (deleted stream or retention); settled without delivery");
+        self.writes.push(records::delete(records::failure_key(
+            &self.group.name,
+            offset,
+        )));
+        if entry.replay {
+            self.replaying -= 1;
+        } else {
+            self.progress.settle(offset);
+            self.checkpoint_dirty = true;
+        }
+    }
+
     fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(&(at, offset)) = self.timers.first() {
@@ -819,6 +901,13 @@ impl Actor {
     }
 
     fn deliver(&mut self, offset: u64, member: u64) -> Result<(), StoreError> {
+        let Some(entry) = self.window.get(&offset) else {
+            return Ok(());
+        };
+        if self.log.is_deleted(&entry.stream_id, entry.stream_version) {
+            self.forget_gone(offset);
+            return Ok(());
+        }
         let Some(entry) = self.window.get_mut(&offset) else {
             return Ok(());
         };
@@ -827,13 +916,12 @@ impl Actor {
                 self.cached_bytes -= bytes.len();
                 bytes
             }
-            None => match read_one(&self.log, offset)? {
+            None => match read_present(&self.log, offset)? {
                 Some(event) => event.bytes,
                 None => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("event {offset}"),
-                        detail: "missing from the log".into(),
-                    });
+                    // Its stream was deleted (or retention removed it) after the scan.
+                    self.forget_gone(offset);
+                    return Ok(());
                 }
             },
         };
@@ -891,7 +979,10 @@ impl Actor {
         if checkpoint_due {
             writes.push(records::put(
                 records::checkpoint_key(&self.group.name),
-                &self.progress.to_checkpoint(),
+                &records::Checkpoint {
+                    trimmed: self.trimmed,
+                    ..self.progress.to_checkpoint()
+                },
             ));
             self.checkpoint_dirty = false;
             self.last_checkpoint = Instant::now();
@@ -964,6 +1055,7 @@ impl Actor {
         api.in_flight = in_flight;
         api.retrying = retrying;
         api.parked = self.parked;
+        api.trimmed = self.trimmed;
         api
     }
 
@@ -1003,7 +1095,12 @@ impl Actor {
                 next_from_offset = offset;
                 break;
             }
-            let Some(event) = read_one(&self.log, offset)? else {
+            let Some(event) = read_present(&self.log, offset)? else {
+                // Removed since it was parked: it leaves the queue, counted as trimmed.
+                self.writes.push(records::delete(key));
+                self.parked = self.parked.saturating_sub(1);
+                self.trimmed += 1;
+                self.checkpoint_dirty = true;
                 continue;
             };
             self.writes.push(records::delete(key));
@@ -1019,6 +1116,7 @@ impl Actor {
                 offset,
                 Entry {
                     stream_id: event.key()?.stream_id.clone(),
+                    stream_version: event.key()?.stream_version,
                     failures: 0,
                     replay: true,
                     state: State::Ready,
@@ -1081,6 +1179,15 @@ fn read_one(log: &SharedLog, offset: u64) -> Result<Option<RawEvent>, StoreError
         .into_iter()
         .next()
         .filter(|e| e.offset == offset))
+}
+
+/// The event at `offset`, or None when it is gone: removed by retention, or of a deleted
+/// stream.
+fn read_present(log: &SharedLog, offset: u64) -> Result<Option<RawEvent>, StoreError> {
+    match read_one(log, offset) {
+        Err(StoreError::Trimmed { .. }) => Ok(None),
+        other => other,
+    }
 }
 
 /// Every record under `prefix` (the caller bounds how many there can be).

@@ -36,6 +36,7 @@ impl Progress {
             settled_through: self.settled_through,
             starts: self.ranges.keys().copied().collect(),
             ends: self.ranges.values().copied().collect(),
+            trimmed: 0,
         }
     }
 

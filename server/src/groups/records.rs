@@ -58,6 +58,9 @@ pub struct Checkpoint {
     pub starts: Vec<u64>,
     #[prost(uint64, repeated, tag = "3")]
     pub ends: Vec<u64>,
+    /// Events retention removed before the group settled them (skipped, and counted here).
+    #[prost(uint64, tag = "4")]
+    pub trimmed: u64,
 }
 
 /// An event that failed (nack, ack timeout, member gone) and waits for its next delivery, or a

@@ -214,6 +214,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// One bounded step of [`EventLog::read_raw`] that also says how far it examined the log,
     /// so a reader moves past deleted events it was not given.
     fn read_page(&self, from: u64, max: usize, max_bytes: usize) -> Result<Page, StoreError>;
+    /// Whether `DeleteStream` hid this event of `stream_id`: a cheap in-memory check for
+    /// readers that keep events they read earlier (consumer groups), so a deleted stream's
+    /// events are not handed out from a copy.
+    fn is_deleted(&self, stream_id: &str, stream_version: u64) -> bool;
     /// The first retained offset: retention removed every event below it (1 when none were).
     fn first_offset(&self) -> u64;
     /// Changes whenever retention moves the first retained offset.

@@ -367,6 +367,12 @@ impl EventLog for SledLog {
         })
     }
 
+    fn is_deleted(&self, stream_id: &str, stream_version: u64) -> bool {
+        self.tombstones
+            .get(stream_id)
+            .is_some_and(|t| stream_version <= t.version)
+    }
+
     fn read_page(&self, from: u64, max: usize, max_bytes: usize) -> Result<Page, StoreError> {
         let from = from.max(1);
         self.first.check(from)?;

@@ -14,6 +14,7 @@ mod bad_input;
 mod basics;
 mod crash;
 mod redelivery;
+mod retention;
 mod strategies;
 
 const WAIT: Duration = Duration::from_secs(10);
