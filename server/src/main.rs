@@ -114,6 +114,10 @@ struct Args {
     /// stream); 0 = no limit.
     #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Serve Prometheus metrics on this address (`GET /metrics`, plain HTTP, no token). Off by
+    /// default, and nothing is recorded then.
+    #[arg(long, env = "ORDO_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -169,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
     config.auth.open_health = !args.auth_health;
     config.auth.open_reflection = !args.auth_reflection;
     config.auth.tokens_file = args.auth_tokens.clone();
+    config.metrics_listen = args.metrics_listen;
     // Loaded here rather than by `run`, to keep the handle that SIGHUP reloads.
     let auth = match &args.auth_tokens {
         Some(path) => {

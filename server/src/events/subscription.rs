@@ -78,6 +78,7 @@ impl Subscription {
     }
 
     async fn run(self, tx: mpsc::Sender<Result<Item, OrdoError>>) {
+        let _open = crate::metrics::SubscriberGauge::open();
         let mut feed = Feed {
             tx,
             shutdown: self.shutdown.clone(),
@@ -91,6 +92,7 @@ impl Subscription {
             let head = *head_rx.borrow_and_update();
             paced_rx.borrow_and_update();
             while next <= head {
+                crate::metrics::subscriber_lag(head + 1 - next);
                 let events = match self.log.read_raw(next, READ_CHUNK_EVENTS, READ_CHUNK_BYTES) {
                     Ok(events) if !events.is_empty() => events,
                     Ok(_) => break,

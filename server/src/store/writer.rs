@@ -163,6 +163,7 @@ impl Writer {
                 return Err(err);
             }
             self.next_lsn += 1;
+            crate::metrics::group_committed(group.head - self.head, group.bytes);
             // Durable: make it visible, in this order, then answer.
             self.pending.insert(lsn, &group.ops);
             for chunk in group.chunks {

@@ -8,6 +8,7 @@ mod append_stream;
 mod durability;
 mod events;
 mod journal;
+mod observability;
 mod orders;
 mod security;
 mod webhooks;
