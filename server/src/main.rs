@@ -118,6 +118,18 @@ struct Args {
     /// default, and nothing is recorded then.
     #[arg(long, env = "ORDO_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields at the top level.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -130,12 +142,8 @@ enum Sync {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
 
     let mut config = ServerConfig::new(&args.data_dir);
     config.sync = match args.sync {
@@ -202,6 +210,17 @@ async fn main() -> anyhow::Result<()> {
         .context("ordo-server failed")?;
     info!("ordo-server stopped");
     Ok(())
+}
+
+/// Logs to stdout at `RUST_LOG`'s levels (default `info`), in the chosen format.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Re-reads the tokens file on each SIGHUP; a bad file keeps the previous tokens.

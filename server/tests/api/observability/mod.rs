@@ -1,5 +1,6 @@
 //! Operations, black-box on the real binary: the Prometheus endpoint (`--metrics-listen`),
-//! scraped over HTTP and read with a Prometheus text-format parser after real gRPC calls.
+//! scraped over HTTP and read with a Prometheus text-format parser after real gRPC calls, and
+//! the JSON log format (`--log-format json`).
 //!
 //! Every test runs its own `ordo-server` process: the metrics recorder is process-wide, so
 //! only a process of its own makes a scrape's counts exactly the test's.
@@ -27,6 +28,7 @@ use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, transport::Channel};
 
+mod logs;
 mod metrics;
 
 const ADMIN: &str = "observability-admin-token-0123";
