@@ -6,6 +6,7 @@
 //! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
 
 mod ceiling;
+mod metrics;
 mod progress;
 mod report;
 mod scenarios;
@@ -25,7 +26,7 @@ use tonic::transport::Channel;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench all --quick --json"
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench metrics --clients 1,16\n  target/release/ordo-bench all --quick --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -111,6 +112,16 @@ enum Scenario {
     Scale {
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
+    },
+    /// Single-event Publish throughput with `--metrics-listen` off and on (fresh servers,
+    /// alternating, `rounds` each), and the time of one scrape.
+    Metrics {
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 50)]
+        scrapes: usize,
     },
     /// Every scenario in turn (with `--quick`: tiny sizes, for CI smoke runs).
     All {
@@ -199,6 +210,21 @@ async fn main() -> anyhow::Result<()> {
                 emit(&row);
             }
         }
+        Scenario::Metrics {
+            clients,
+            rounds,
+            scrapes,
+        } => {
+            anyhow::ensure!(
+                g.addr.is_none(),
+                "metrics starts its own servers with and without --metrics-listen (drop --addr)"
+            );
+            for row in
+                metrics::metrics_cost(&g.server_args, clients, *rounds, duration, *scrapes).await?
+            {
+                emit(&row);
+            }
+        }
         Scenario::All { quick } => {
             let (clients, batch_dur, events, fan, big) = if *quick {
                 (vec![1, 4], Duration::from_millis(500), 5_000, 50, 20_000)
@@ -241,6 +267,12 @@ async fn main() -> anyhow::Result<()> {
             emit(&fanout(g, fan, 1000, run).await?);
             for row in scale(g, big).await? {
                 emit(&row);
+            }
+            if g.addr.is_none() {
+                let scrapes = if *quick { 5 } else { 50 };
+                for row in metrics::metrics_cost(&g.server_args, &[16], 1, run, scrapes).await? {
+                    emit(&row);
+                }
             }
         }
     }

@@ -32,6 +32,7 @@ fn every_bench_scenario_runs_at_tiny_sizes() {
         "catchup",
         "fanout",
         "scale",
+        "metrics",
     ] {
         assert!(
             scenarios.contains(&expected),
