@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::scrape::ScrapeSources;
 
-/// Connections served at once; more are closed as they arrive. A Prometheus server keeps one.
+/// Connections served at once; more are closed as they arrive. Each serves one scrape.
 const MAX_CONNECTIONS: usize = 16;
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +124,9 @@ async fn accept_loop(listener: TcpListener, scraper: Arc<Scraper>, shutdown: Can
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            // One scrape per connection: an idle keep-alive connection would hold one of the
+            // few slots for as long as its client likes.
+            .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
