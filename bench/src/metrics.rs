@@ -1,6 +1,6 @@
-//! What `--metrics-listen` costs: append throughput with metrics off and on, in the same run
-//! (alternating fresh servers, so drift in the machine hits both alike), and the time of one
-//! scrape of a server that has just served the run.
+//! What `--metrics-listen` costs: append throughput and the server's CPU time per append with
+//! metrics off and on, in the same run (alternating fresh servers, so drift in the machine hits
+//! both alike), and the time of one scrape of a server that has just served the run.
 
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,14 @@ pub async fn metrics_cost(
     let rounds = rounds.max(1);
     for (i, &c) in clients.iter().enumerate() {
         let (mut off_rates, mut on_rates) = (Vec::new(), Vec::new());
+        let (mut off_cpu, mut on_cpu) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             // One server at a time: they share the bench's data dir.
-            let off = run(server_args, None, c, duration).await?.0;
+            let (off, cpu, _) = run(server_args, None, c, duration).await?;
+            off_cpu.extend(cpu);
             let addr = free_addr()?;
-            let (on, server) = run(server_args, Some(&addr), c, duration).await?;
+            let (on, cpu, server) = run(server_args, Some(&addr), c, duration).await?;
+            on_cpu.extend(cpu);
             if i + 1 == clients.len() && round == rounds {
                 scrape_row = Some(scrape_time(&addr, scrapes).await?);
             }
@@ -48,33 +51,40 @@ pub async fn metrics_cost(
             );
         }
         let (off, on) = (mean(&off_rates), mean(&on_rates));
-        rows.push(
-            Row::new("metrics", format!("clients={c} on, mean"), on, "ops")
-                .extra("off_ops", format!("{off:.0}"))
-                .extra(
-                    "ratio_on_off",
-                    format!("{:.3}", on / off.max(f64::MIN_POSITIVE)),
-                ),
-        );
+        let mut summary = Row::new("metrics", format!("clients={c} on, mean"), on, "ops")
+            .extra("off_ops", format!("{off:.0}"))
+            .extra(
+                "ratio_on_off",
+                format!("{:.3}", on / off.max(f64::MIN_POSITIVE)),
+            );
+        if !off_cpu.is_empty() && !on_cpu.is_empty() {
+            summary = summary
+                .extra("cpu_us_per_op_off", format!("{:.1}", mean(&off_cpu)))
+                .extra("cpu_us_per_op_on", format!("{:.1}", mean(&on_cpu)));
+        }
+        rows.push(summary);
     }
     rows.extend(scrape_row);
     Ok(rows)
 }
 
-/// One append run on a fresh server, with metrics on `metrics` if given; the server is
-/// returned (still running) so that it can be scraped afterwards.
+/// One append run on a fresh server, with metrics on `metrics` if given: its row, the
+/// server's CPU microseconds per append (where /proc says), and the server, still running so
+/// that it can be scraped afterwards.
 async fn run(
     server_args: &[String],
     metrics: Option<&str>,
     clients: usize,
     duration: Duration,
-) -> anyhow::Result<(Row, OwnedServer)> {
+) -> anyhow::Result<(Row, Option<f64>, OwnedServer)> {
     let mut args = server_args.to_vec();
     if let Some(addr) = metrics {
         args.push(format!("--metrics-listen={addr}"));
     }
     let (server, _) = OwnedServer::start(&args).await?;
     let channel = scenarios::connect(&server.addr).await?;
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
     let row = scenarios::append(
         &channel,
         AppendKind::Publish { batch: 1 },
@@ -82,7 +92,17 @@ async fn run(
         duration,
     )
     .await?;
-    Ok((row, server))
+    let ops = row.rate * started.elapsed().as_secs_f64();
+    // CPU per append: what metrics cost, steadier than throughput on a shared machine.
+    let cpu = match (cpu_before, server.cpu_seconds()) {
+        (Some(before), Some(after)) if ops > 0.0 => Some((after - before) * 1e6 / ops),
+        _ => None,
+    };
+    let row = match cpu {
+        Some(us) => row.extra("server_cpu_us_per_op", format!("{us:.1}")),
+        None => row,
+    };
+    Ok((row, cpu, server))
 }
 
 fn mean(rates: &[f64]) -> f64 {
