@@ -7,6 +7,7 @@
 
 mod ceiling;
 mod consume;
+mod metrics;
 mod ops;
 mod progress;
 mod report;
@@ -27,7 +28,7 @@ use tonic::transport::Channel;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench consume --events 50000 --members 1,4\n  target/release/ordo-bench all --quick --json"
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench consume --events 50000 --members 1,4\n  target/release/ordo-bench metrics --clients 1,16\n  target/release/ordo-bench all --quick --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -143,6 +144,16 @@ enum Scenario {
         events: u64,
         #[arg(long, default_value_t = 16)]
         clients: usize,
+    },
+    /// Single-event Publish throughput with `--metrics-listen` off and on (fresh servers,
+    /// alternating, `rounds` each), and the time of one scrape.
+    Metrics {
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 50)]
+        scrapes: usize,
     },
     /// Every scenario in turn (with `--quick`: tiny sizes, for CI smoke runs).
     All {
@@ -269,6 +280,21 @@ async fn main() -> anyhow::Result<()> {
                 emit(&row);
             }
         }
+        Scenario::Metrics {
+            clients,
+            rounds,
+            scrapes,
+        } => {
+            anyhow::ensure!(
+                g.addr.is_none(),
+                "metrics starts its own servers with and without --metrics-listen (drop --addr)"
+            );
+            for row in
+                metrics::metrics_cost(&g.server_args, clients, *rounds, duration, *scrapes).await?
+            {
+                emit(&row);
+            }
+        }
         Scenario::All { quick } => {
             let (clients, batch_dur, events, fan, big) = if *quick {
                 (vec![1, 4], Duration::from_millis(500), 5_000, 50, 20_000)
@@ -320,6 +346,12 @@ async fn main() -> anyhow::Result<()> {
             emit(&fanout(g, fan, 1000, run).await?);
             for row in scale(g, big).await? {
                 emit(&row);
+            }
+            if g.addr.is_none() {
+                let scrapes = if *quick { 5 } else { 50 };
+                for row in metrics::metrics_cost(&g.server_args, &[16], 1, run, scrapes).await? {
+                    emit(&row);
+                }
             }
         }
     }

@@ -103,6 +103,18 @@ impl OwnedServer {
         Some(kib / 1024.0)
     }
 
+    /// CPU time the server has used so far, user + system (Linux `/proc/<pid>/stat`, in
+    /// USER_HZ ticks of 10 ms).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 on.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
     pub fn disk_usage_mib(&self) -> f64 {
         dir_size(&self.data_dir) as f64 / (1024.0 * 1024.0)
     }

@@ -33,6 +33,7 @@ fn every_bench_scenario_runs_at_tiny_sizes() {
         "consume",
         "fanout",
         "scale",
+        "metrics",
     ] {
         assert!(
             scenarios.contains(&expected),

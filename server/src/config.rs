@@ -3,7 +3,7 @@
 //! Plain data only: no handles, no open files. What the server builds from it (the loaded
 //! token set, the log) lives in `server::run`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     admin::RetentionConfig,
@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// TLS for the gRPC port; plaintext when `None`.
     pub tls: Option<TlsConfig>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); off when `None`, and then
+    /// nothing is recorded. See `crate::metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -49,6 +52,7 @@ impl ServerConfig {
             webhooks: WebhookConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            metrics_listen: None,
         }
     }
 }

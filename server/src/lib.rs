@@ -37,6 +37,10 @@
 //! - **Where errors become statuses.** Every failure a caller can see is an
 //!   [`error::OrdoError`]; its `From<OrdoError> for tonic::Status` is the only place a status is
 //!   built, which clips messages and counts security refusals ([`rejections`]).
+//! - **What it measures.** [`metrics`]: off unless a metrics address is configured; then a
+//!   tower layer outside the auth layer counts every call (go-grpc-prometheus names), a few
+//!   calls in the writer, subscriptions and webhook delivery record Ordo's own series, and a
+//!   scrape reads the rest (head, disk bytes, rejections) from the server's state.
 //! - **Settings.** [`config::ServerConfig`] is plain data with working defaults; `main.rs`
 //!   fills it from flags, tests from code.
 
@@ -49,6 +53,7 @@ pub mod events;
 pub mod filter;
 pub mod groups;
 pub mod grpc;
+pub mod metrics;
 pub mod orders;
 pub mod paging;
 pub mod rejections;

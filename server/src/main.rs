@@ -126,6 +126,13 @@ struct Args {
     compaction_interval: Duration,
     #[command(subcommand)]
     tool: Option<Tool>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`, plain HTTP, no token). Off by
+    /// default, and nothing is recorded then.
+    #[arg(long, env = "ORDO_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// Offline tools on a data dir (the server must not be running on it).
@@ -151,6 +158,15 @@ enum Tool {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields at the top level.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Sync {
     /// fdatasync before every acknowledgement (group-committed): survives power loss.
     Fdatasync,
@@ -160,12 +176,8 @@ enum Sync {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     if let Some(tool) = args.tool {
         return run_tool(tool);
     }
@@ -209,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
     config.auth.open_health = !args.auth_health;
     config.auth.open_reflection = !args.auth_reflection;
     config.auth.tokens_file = args.auth_tokens.clone();
+    config.metrics_listen = args.metrics_listen;
     // Loaded here rather than by `run`, to keep the handle that SIGHUP reloads.
     let auth = match &args.auth_tokens {
         Some(path) => {
@@ -271,6 +284,17 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs to stdout at `RUST_LOG`'s levels (default `info`), in the chosen format.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Re-reads the tokens file on each SIGHUP; a bad file keeps the previous tokens.

@@ -25,6 +25,7 @@ use crate::{
         webhooks::WebhookApi,
         wire::{ConsumerServiceServer, EventServiceServer},
     },
+    metrics::{MetricsListener, MetricsStartError, ScrapeSources, grpc::GrpcMetricsLayer},
     orders::OrderCommands,
     store::{LogOptions, SharedLog, SledLog},
     webhooks::{WebhookStartError, Webhooks},
@@ -54,6 +55,8 @@ pub enum ServeError {
     Tls(String),
     #[error("cannot load the tokens file: {0}")]
     Tokens(#[from] TokensError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsStartError),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
@@ -83,6 +86,11 @@ pub async fn run_with_auth(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     check_exposure(listener.local_addr()?, &config, auth.as_ref())?;
+    // Before the log opens, so that recovery's and the first calls' series are recorded.
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
     let log: SharedLog = SledLog::open_with(
         &config.data_dir,
         LogOptions {
@@ -91,7 +99,7 @@ pub async fn run_with_auth(
             sled_flush_interval: config.sled_flush_interval,
         },
     )?;
-    let result = serve(listener, config, auth, log.clone(), shutdown).await;
+    let result = serve(listener, config, auth, log.clone(), metrics, shutdown).await;
     let closing = log.clone();
     match tokio::task::spawn_blocking(move || closing.close()).await {
         Ok(Ok(())) => info!("event log closed"),
@@ -106,6 +114,7 @@ async fn serve(
     config: ServerConfig,
     auth: Option<Auth>,
     log: SharedLog,
+    metrics: Option<MetricsListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes;
@@ -156,6 +165,18 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let metrics = match metrics {
+        Some(metrics) => Some(metrics.serve(
+            ScrapeSources {
+                log: log.clone(),
+                data_dir: config.data_dir.clone(),
+                webhooks: hooks.clone(),
+            },
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+
     let sweeper =
         spawn_idempotency_sweeper(log.clone(), config.idempotency_retention, shutdown.clone());
 
@@ -172,6 +193,13 @@ async fn serve(
         builder = builder.tls_config(server_tls(tls)?)?;
     }
     let serving = builder
+        // Outside the auth layer, so that the calls it refuses are counted too.
+        .layer(GrpcMetricsLayer::new(&[
+            ordo_api::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]))
         .layer(auth_layer(&config, auth))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -212,6 +240,9 @@ async fn serve(
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
     let _ = compactor.await;
+    if let Some(metrics) = metrics {
+        metrics.join().await;
+    }
     info!(rejections = ?crate::rejections::summary(), "rejections since start");
     served?;
     Ok(())

@@ -83,6 +83,7 @@ impl Subscription {
     }
 
     async fn run(self, tx: mpsc::Sender<Result<Item, OrdoError>>) {
+        let _open = crate::metrics::SubscriberGauge::open();
         let mut feed = Feed {
             tx,
             shutdown: self.shutdown.clone(),
@@ -96,6 +97,7 @@ impl Subscription {
             let head = *head_rx.borrow_and_update();
             paced_rx.borrow_and_update();
             while next <= head {
+                crate::metrics::subscriber_lag(head + 1 - next);
                 // A subscriber that retention overtakes (it lags behind the oldest retained
                 // event) ends here with OUT_OF_RANGE naming the first retained offset.
                 let page = match self

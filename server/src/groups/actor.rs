@@ -315,6 +315,12 @@ impl Actor {
             };
             self.dispatch();
             self.persist().await;
+            crate::metrics::consumer_group_lag(
+                &self.group.name,
+                self.log
+                    .head()
+                    .saturating_sub(self.progress.settled_through()),
+            );
             let next_timer = self.timers.first().map(|(at, _)| *at);
             let lazy_checkpoint = self
                 .checkpoint_dirty

@@ -167,6 +167,7 @@ impl Writer {
             }
             self.next_lsn += 1;
             self.progress.set_committed(lsn);
+            crate::metrics::group_committed(group.head - self.head, group.bytes);
             // Durable: make it visible, in this order, then answer.
             self.pending.insert(lsn, &group.ops);
             for chunk in group.chunks {

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod delivery;
+mod gauges;
 pub mod payload;
 pub mod records;
 pub mod service;
@@ -96,6 +97,7 @@ impl Webhooks {
             }),
         };
         let mut started = 0;
+        let mut dead_letters = 0;
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = webhooks.log().scan_records(
@@ -107,12 +109,16 @@ impl Webhooks {
             after = Some(last.clone());
             for (_, value) in page {
                 let hook = decode::<StoredWebhook>(&value, "webhook")?;
+                if crate::metrics::enabled() {
+                    dead_letters += webhooks.count_dead_letters(&hook.id)?;
+                }
                 if hook.enabled {
                     webhooks.spawn_task(&hook.id);
                     started += 1;
                 }
             }
         }
+        crate::metrics::dead_letters_added(dead_letters);
         info!(started, "webhook delivery started");
         Ok(webhooks)
     }

@@ -223,8 +223,12 @@ impl Webhooks {
                 if page.is_empty() {
                     break;
                 }
+                let deleted = page.len() as u64;
                 let writes = page.into_iter().map(|(k, _)| records::delete(k)).collect();
                 self.log().append(AppendBatch::records_only(writes)).await?;
+                if prefix == records::dead_prefix(id) {
+                    crate::metrics::dead_letters_removed(deleted);
+                }
             }
         }
         self.log()
@@ -364,6 +368,7 @@ impl Webhooks {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             let mut writes: Vec<RecordWrite> = Vec::new();
+            let mut moved = 0;
             let mut done = false;
             for (key, value) in page {
                 let Some(offset) = records::trailing_u64(&key) else {
@@ -378,10 +383,12 @@ impl Webhooks {
                     key: records::redrive_key(id, offset),
                     value: Some(value),
                 });
-                redriven += 1;
+                moved += 1;
             }
+            redriven += moved;
             if !writes.is_empty() {
                 self.log().append(AppendBatch::records_only(writes)).await?;
+                crate::metrics::dead_letters_removed(moved);
             }
             if done {
                 break;

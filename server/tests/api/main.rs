@@ -11,6 +11,7 @@ mod durability;
 mod events;
 mod groups;
 mod journal;
+mod observability;
 mod orders;
 mod retention;
 mod security;

@@ -112,7 +112,9 @@ impl Journal {
             .write_all_at(&self.buf, self.current.pos)
             .map_err(io("write"))?;
         if self.options.sync {
+            let started = std::time::Instant::now();
             self.current.file.sync_data().map_err(io("fdatasync"))?;
+            crate::metrics::fsynced(started.elapsed());
         }
         self.current.pos += len;
         self.current.last_lsn = lsn;

@@ -192,6 +192,9 @@ impl DeliveryTask {
                 (writes, decision)
             })
             .await?;
+        if let Some(decision) = &outcome {
+            count(decision, evict.is_some());
+        }
         match &outcome {
             Some(Decision::Disable(reason)) => {
                 info!(webhook = %self.id, %reason, "webhook disabled");
@@ -202,5 +205,20 @@ impl DeliveryTask {
             _ => {}
         }
         Ok(outcome)
+    }
+}
+
+/// The attempt in the metrics: its outcome, and a dead letter stored (unless it replaced the
+/// oldest one of a full queue).
+fn count(decision: &Decision, evicted: bool) {
+    use crate::metrics::{DeliveryOutcome, dead_letters_added, webhook_delivery};
+    webhook_delivery(match decision {
+        Decision::Delivered => DeliveryOutcome::Succeeded,
+        Decision::Retry(_) => DeliveryOutcome::RetryScheduled,
+        Decision::DeadLetter => DeliveryOutcome::DeadLettered,
+        Decision::Disable(_) => DeliveryOutcome::WebhookDisabled,
+    });
+    if matches!(decision, Decision::DeadLetter) && !evicted {
+        dead_letters_added(1);
     }
 }
