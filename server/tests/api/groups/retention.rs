@@ -75,7 +75,6 @@ async fn events_of_a_deleted_stream_are_never_delivered() {
     admin
         .delete_stream(DeleteStreamRequest {
             stream_id: "s-1".into(),
-            ..Default::default()
         })
         .await
         .expect("delete stream");
