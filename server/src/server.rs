@@ -86,7 +86,7 @@ pub async fn run_with_auth(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     check_exposure(listener.local_addr()?, &config, auth.as_ref())?;
-    // Before the log opens, so that recovery's and the first calls' series are recorded.
+    // Before the log opens, so that the series of the first commits are recorded.
     let metrics = match config.metrics_listen {
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
@@ -165,18 +165,6 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let metrics = match metrics {
-        Some(metrics) => Some(metrics.serve(
-            ScrapeSources {
-                log: log.clone(),
-                data_dir: config.data_dir.clone(),
-                webhooks: hooks.clone(),
-            },
-            shutdown.clone(),
-        )?),
-        None => None,
-    };
-
     let sweeper =
         spawn_idempotency_sweeper(log.clone(), config.idempotency_retention, shutdown.clone());
 
@@ -192,6 +180,18 @@ async fn serve(
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(server_tls(tls)?)?;
     }
+    let metrics = match metrics {
+        Some(metrics) => Some(metrics.serve(
+            ScrapeSources {
+                log: log.clone(),
+                data_dir: config.data_dir.clone(),
+                webhooks: hooks.clone(),
+            },
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+
     let serving = builder
         // Outside the auth layer, so that the calls it refuses are counted too.
         .layer(GrpcMetricsLayer::new(&[

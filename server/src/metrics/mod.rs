@@ -17,7 +17,7 @@
 //! server that asks for metrics; a second server in the same process (only tests start
 //! several) serves the same registry: its counters add up with the first one's. Gauges that
 //! describe one server's state (head, disk bytes, webhook backlog) are set by the scrape
-//! itself, from the server that answers it ([`scrape`]), so each server's scrape shows its own.
+//! itself, from the server that answers it ([`ScrapeSources`]), so each server's scrape shows its own.
 //! Production runs one server per process, and the tests that assert on metrics run the real
 //! binary (one process per server), so their counts are exact.
 //!
@@ -32,7 +32,7 @@
 //!   auth layer, so refused calls are counted too.
 //! - Events where they happen, through the small functions below: group commits and fsyncs
 //!   (the writer and the journal), subscriptions, webhook attempts and dead letters.
-//! - State read when scraped ([`scrape`]): the head, disk bytes, the rejection counters of
+//! - State read when scraped ([`ScrapeSources`]): the head, disk bytes, the rejection counters of
 //!   [`crate::rejections`], the webhook backlog. Reading them costs nothing between scrapes.
 //!
 //! # Consumer groups

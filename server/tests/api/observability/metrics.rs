@@ -293,6 +293,12 @@ async fn without_metrics_listen_the_server_listens_on_its_grpc_port_only() {
     assert_eq!(ordo_server::ServerConfig::new("x").metrics_listen, None);
     let data = tempfile::tempdir().expect("dir");
     let plain = ChildServer::start(&data.path().join("plain"), None, &[]).await;
+    // Serving (not only bound by main), so a metrics port would be bound by now.
+    let mut events = EventServiceClient::new(connect(plain.url()).await);
+    events
+        .publish(publish_req(vec![new_event("plain-1", "metric.off")]))
+        .await
+        .expect("publish");
     assert_eq!(listening_ports(plain.pid()), vec![plain.addr.port()]);
 
     let addr = metrics_addr();
@@ -302,6 +308,8 @@ async fn without_metrics_listen_the_server_listens_on_its_grpc_port_only() {
         &["--metrics-listen", &addr.to_string()],
     )
     .await;
+    // The gRPC port is bound first (by main): wait for the metrics one to answer.
+    Metrics::scrape(addr).await;
     let mut expected = vec![with.addr.port(), addr.port()];
     expected.sort_unstable();
     assert_eq!(listening_ports(with.pid()), expected);

@@ -48,9 +48,18 @@ async fn connect(url: String) -> Channel {
 
 /// GETs `path` over plain HTTP/1.1; the status code and the body.
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics port");
+    // The binary's gRPC port (bound by main, which ChildServer waits for) may answer a moment
+    // before the metrics port is bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => break stream,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "metrics port {addr}: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
