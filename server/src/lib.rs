@@ -14,9 +14,9 @@
 //!   [`orders`] (commands checked against the order state machine, plus the order projection as
 //!   records written with the events), [`events`] (`Publish`, `AppendStream`, `ReadEvents`,
 //!   subscriptions), [`webhooks`] (definitions and their delivery) and [`groups`] (consumer
-//!   groups: one task per group owns its window of deliveries and writes its progress). Shared leaves:
-//!   [`filter`] (type and stream matching, also used by token restrictions and webhooks),
-//!   [`validate`], [`paging`], [`clock`].
+//!   groups: one task per group owns its window of deliveries and writes its progress).
+//!   Shared leaves: [`filter`] (type and stream matching, also used by token restrictions,
+//!   webhooks and groups), [`validate`], [`paging`], [`clock`].
 //! - **Where it is made durable.** Everything is appended through [`store`]'s `EventLog` trait
 //!   (`SharedLog`): one `AppendBatch` holds events and records and is acknowledged only once it
 //!   is on disk, in order, with gapless offsets. Inside, one writer thread group-commits appends
@@ -33,7 +33,8 @@
 //! - **Where it leaves.** Subscriptions ([`events::subscription`]) read the log up to the durable
 //!   head and wait for it to move, yielding domain items that [`grpc::events`] turns into wire
 //!   frames; webhook delivery tasks ([`webhooks::delivery`]) read the same log from their own
-//!   durable cursors and POST each event.
+//!   durable cursors and POST each event; consumer-group tasks ([`groups::actor`]) read it into
+//!   their window and hand each event to one member of the group.
 //! - **Where errors become statuses.** Every failure a caller can see is an
 //!   [`error::OrdoError`]; its `From<OrdoError> for tonic::Status` is the only place a status is
 //!   built, which clips messages and counts security refusals ([`rejections`]).
