@@ -10,8 +10,6 @@
 //! Names never contain a 0 byte, so `prefix + name + 0` never prefixes another group's keys.
 //! Everything is written through the log's group-committed, fdatasync'd path.
 
-use crate::store::{RecordWrite, StoreError};
-
 const DEF: &[u8] = b"gd";
 const CHECKPOINT: &[u8] = b"gc";
 const FAILURE: &[u8] = b"gf";
@@ -142,24 +140,7 @@ pub fn trailing_offset(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(start..)?.try_into().ok()?))
 }
 
-pub fn put(key: Vec<u8>, message: &impl prost::Message) -> RecordWrite {
-    RecordWrite {
-        key,
-        value: Some(message.encode_to_vec()),
-    }
-}
-
-pub fn delete(key: Vec<u8>) -> RecordWrite {
-    RecordWrite { key, value: None }
-}
-
-/// Decodes a stored record; a failure means the record is corrupt.
-pub fn decode<M: prost::Message + Default>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|err| StoreError::Corrupt {
-        what: what.to_string(),
-        detail: err.to_string(),
-    })
-}
+pub use crate::store::{decode_record as decode, delete_record as delete, put_record as put};
 
 #[cfg(test)]
 mod tests {

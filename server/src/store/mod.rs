@@ -90,6 +90,30 @@ pub struct RecordWrite {
     pub value: Option<Vec<u8>>,
 }
 
+/// A put of a protobuf message: records (webhook cursors, group checkpoints, ...) are stored as
+/// their encoding, so every domain writes and reads them the same way.
+pub fn put_record(key: Vec<u8>, message: &impl prost::Message) -> RecordWrite {
+    RecordWrite {
+        key,
+        value: Some(message.encode_to_vec()),
+    }
+}
+
+pub fn delete_record(key: Vec<u8>) -> RecordWrite {
+    RecordWrite { key, value: None }
+}
+
+/// Decodes a stored record; a failure means the record is corrupt.
+pub fn decode_record<M: prost::Message + Default>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|err| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: err.to_string(),
+    })
+}
+
 /// An idempotency key with a fingerprint of the request that claims it.
 pub struct IdempotencyClaim {
     /// Scope plus key, e.g. `CreateOrder/abc`.

@@ -16,7 +16,7 @@
 //! Everything is written through the log's group-committed, fdatasync'd writer, so after an
 //! acknowledged write (e.g. a cursor move after a 2xx) a crash cannot undo it.
 
-use crate::{error::OrdoError, filter::Matcher, store::RecordWrite, store::StoreError};
+use crate::{error::OrdoError, filter::Matcher};
 
 const WEBHOOK: &[u8] = b"wh";
 const CURSOR: &[u8] = b"wc";
@@ -182,21 +182,4 @@ pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(start..)?.try_into().ok()?))
 }
 
-pub fn put(key: Vec<u8>, message: &impl prost::Message) -> RecordWrite {
-    RecordWrite {
-        key,
-        value: Some(message.encode_to_vec()),
-    }
-}
-
-pub fn delete(key: Vec<u8>) -> RecordWrite {
-    RecordWrite { key, value: None }
-}
-
-/// Decodes a stored record; a failure means the record is corrupt.
-pub fn decode<M: prost::Message + Default>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|err| StoreError::Corrupt {
-        what: what.to_string(),
-        detail: err.to_string(),
-    })
-}
+pub use crate::store::{decode_record as decode, delete_record as delete, put_record as put};
