@@ -126,19 +126,7 @@ impl Actor {
     /// An unsettled event that disappeared from the log (its stream deleted, or trimmed):
     /// settled without delivery.
     pub(super) fn forget_gone(&mut self, offset: u64) {
-        let Some(entry) = self.remove(offset) else {
-            return;
-        };
         info!(group = %self.group.name, offset, "event is gone from the log (deleted stream or retention); settled without delivery");
-        self.writes.push(records::delete(records::failure_key(
-            &self.group.name,
-            offset,
-        )));
-        if entry.replay {
-            self.replaying -= 1;
-        } else {
-            self.progress.settle(offset);
-            self.checkpoint_dirty = true;
-        }
+        self.ack(offset);
     }
 }

@@ -106,7 +106,13 @@ impl Actor {
                 offset,
             )));
         }
-        if entry.replay {
+        self.settled(offset, entry.replay);
+    }
+
+    /// Records that an entry left the window for good: a replay ends, anything else becomes
+    /// settled in the progress.
+    fn settled(&mut self, offset: u64, replay: bool) {
+        if replay {
             self.replaying -= 1;
         } else {
             self.progress.settle(offset);
@@ -179,12 +185,7 @@ impl Actor {
         self.writes
             .push(records::delete(records::failure_key(&name, offset)));
         self.parked += 1;
-        if entry.replay {
-            self.replaying -= 1;
-        } else {
-            self.progress.settle(offset);
-            self.checkpoint_dirty = true;
-        }
+        self.settled(offset, entry.replay);
     }
 
     /// Takes an entry out of the window, releasing its member slot, timer and cache.
