@@ -15,6 +15,7 @@ use super::{
     fail::{EXIT_FAILED, Failure},
     human, json,
     out::Out,
+    pages,
 };
 
 pub async fn run(client: &OrdoClient, out: &Out, command: GroupsCommand) -> anyhow::Result<()> {
@@ -188,45 +189,31 @@ async fn list(
     client: &OrdoClient,
     out: &Out,
     page_size: u32,
-    mut page_token: Option<String>,
+    page_token: Option<String>,
     all: bool,
 ) -> anyhow::Result<()> {
-    let mut printed = 0usize;
-    loop {
+    let fetch = |page_token| async move {
         let page = client
             .list_groups(ListGroupsRequest {
                 page_size,
-                page_token: page_token.take().unwrap_or_default(),
+                page_token,
             })
             .await
             .map_err(|err| anyhow::Error::new(err).context("cannot list consumer groups"))?;
-        for group in &page.groups {
-            if out.json() {
-                out.json_line(&json::group(group))?;
-            } else {
-                out.line(&human::group_row(group))?;
-            }
+        Ok((page.groups, page.next_page_token))
+    };
+    let print = |group: &ConsumerGroup| {
+        if out.json() {
+            out.json_line(&json::group(group))
+        } else {
+            out.line(&human::group_row(group))
         }
-        printed += page.groups.len();
-        if page.next_page_token.is_empty() {
-            if printed == 0 && !out.json() {
-                out.note("no consumer groups (create one with `ordo groups create NAME`)");
-            }
-            return Ok(());
-        }
-        if !all {
-            if out.json() {
-                out.json_line(&json!({"page": {"next_page_token": page.next_page_token}}))?;
-            } else {
-                out.note(&format!(
-                    "more groups: add --page-token {} (or --all)",
-                    page.next_page_token
-                ));
-            }
-            return Ok(());
-        }
-        page_token = Some(page.next_page_token);
+    };
+    let printed = pages::print_pages(out, "groups", all, page_token, fetch, print).await?;
+    if printed == 0 && !out.json() {
+        out.note("no consumer groups (create one with `ordo groups create NAME`)");
     }
+    Ok(())
 }
 
 async fn parked(

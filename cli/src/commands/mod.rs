@@ -12,6 +12,7 @@ mod human;
 mod json;
 mod orders;
 mod out;
+mod pages;
 mod progress;
 mod publish;
 

@@ -8,13 +8,13 @@ use ordo_client::{
         OrderStatus, UpdateOrderStatusRequest,
     },
 };
-use serde_json::json;
 
 use super::{
     args::{OrdersCommand, StatusArg},
     fail::Failure,
     human, json,
     out::Out,
+    pages,
 };
 
 pub async fn run(client: &OrdoClient, out: &Out, command: OrdersCommand) -> anyhow::Result<()> {
@@ -105,44 +105,29 @@ async fn list(
     out: &Out,
     status: Option<StatusArg>,
     page_size: u32,
-    mut page_token: Option<String>,
+    page_token: Option<String>,
     all: bool,
 ) -> anyhow::Result<()> {
     let status = status.map_or(OrderStatus::Unspecified, proto_status) as i32;
-    let mut printed = 0usize;
-    loop {
+    let fetch = |page_token| async move {
         let page = client
             .list_orders(ListOrdersRequest {
                 page_size,
-                page_token: page_token.take().unwrap_or_default(),
+                page_token,
                 status,
             })
             .await
             .context("cannot list orders")?;
-        for order in &page.orders {
-            printed += 1;
-            if out.json() {
-                out.json_line(&json::order(order))?;
-            } else {
-                out.line(&human::order_row(order))?;
-            }
+        Ok((page.orders, page.next_page_token))
+    };
+    let print = |order: &Order| {
+        if out.json() {
+            out.json_line(&json::order(order))
+        } else {
+            out.line(&human::order_row(order))
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        if !all {
-            if out.json() {
-                out.json_line(&json!({"page": {"next_page_token": page.next_page_token}}))?;
-            } else {
-                out.note(&format!(
-                    "more orders: add --page-token {} (or --all)",
-                    page.next_page_token
-                ));
-            }
-            return Ok(());
-        }
-        page_token = Some(page.next_page_token);
-    }
+    };
+    let printed = pages::print_pages(out, "orders", all, page_token, fetch, print).await?;
     if printed == 0 && !out.json() {
         out.note("no orders");
     }
