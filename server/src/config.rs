@@ -14,7 +14,11 @@ use crate::{
 /// Everything the server needs to run; `ServerConfig::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// With sled: the log itself. With NATS: only this node's derived copy of the log (rebuilt
+    /// from JetStream at every start), so nothing in it needs a backup.
     pub data_dir: PathBuf,
+    /// Where the log lives: the embedded sled store (default) or a NATS JetStream cluster.
+    pub store: StoreBackend,
     pub sync: SyncMode,
     /// Largest journal segment file, in bytes.
     pub journal_segment_bytes: u64,
@@ -42,6 +46,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            store: StoreBackend::Sled,
             sync: SyncMode::Fdatasync,
             journal_segment_bytes: LogOptions::default().journal_segment_bytes,
             sled_flush_interval: LogOptions::default().sled_flush_interval,
@@ -53,6 +58,38 @@ impl ServerConfig {
             auth: AuthConfig::default(),
             tls: None,
             metrics_listen: None,
+        }
+    }
+}
+
+/// Which log the server runs on. See docs/scale-out.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded journal + sled store in `data_dir`: zero infrastructure, one node.
+    #[default]
+    Sled,
+    /// A JetStream stream is the log; any number of stateless Ordo nodes serve it.
+    Nats(NatsConfig),
+}
+
+/// How to reach and lay out the JetStream log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Seed URLs of the cluster (`nats://host:4222`); the client learns the rest.
+    pub urls: Vec<String>,
+    /// Name of the JetStream stream that holds the log; the records stream and the lease
+    /// bucket are named after it, so several Ordo deployments can share one cluster.
+    pub stream: String,
+    /// Replicas of every stream Ordo creates (1, 3 or 5). Only used when creating them.
+    pub replicas: usize,
+}
+
+impl NatsConfig {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            stream: "ORDO".into(),
+            replicas: 3,
         }
     }
 }

@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use ordo_server::{ServerConfig, store::SyncMode};
+use ordo_server::{
+    ServerConfig,
+    config::{NatsConfig, StoreBackend},
+    store::SyncMode,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -19,6 +23,24 @@ struct Args {
     /// Directory of the sled event log; created if missing.
     #[arg(long, env = "ORDO_DATA_DIR", default_value = "./ordo-data")]
     data_dir: PathBuf,
+    /// Where the log lives: `sled` (embedded, in --data-dir) or `nats` (a JetStream cluster,
+    /// see --nats-url; --data-dir then holds only this node's rebuildable copy).
+    #[arg(long, env = "ORDO_STORE", value_enum, default_value_t = Store::Sled)]
+    store: Store,
+    /// NATS seed URLs for --store nats, comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "ORDO_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_urls: Vec<String>,
+    /// JetStream stream holding the log (--store nats); created if missing.
+    #[arg(long, env = "ORDO_NATS_STREAM", default_value = "ORDO")]
+    nats_stream: String,
+    /// Replicas of the streams Ordo creates (--store nats): 1, 3 or 5.
+    #[arg(long, env = "ORDO_NATS_REPLICAS", default_value_t = 3)]
+    nats_replicas: usize,
     /// How an acknowledged append is made durable.
     #[arg(long, env = "ORDO_SYNC", value_enum, default_value_t = Sync::Fdatasync)]
     sync: Sync,
@@ -166,6 +188,14 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Store {
+    /// The embedded journal + sled log in --data-dir.
+    Sled,
+    /// A NATS JetStream cluster (--nats-url): stateless nodes, replicated log.
+    Nats,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Sync {
     /// fdatasync before every acknowledgement (group-committed): survives power loss.
@@ -183,6 +213,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut config = ServerConfig::new(&args.data_dir);
+    if args.store == Store::Nats {
+        config.store = StoreBackend::Nats(NatsConfig {
+            urls: args.nats_urls.clone(),
+            stream: args.nats_stream.clone(),
+            replicas: args.nats_replicas,
+        });
+    }
     config.sync = match args.sync {
         Sync::Fdatasync => SyncMode::Fdatasync,
         Sync::NoFsyncUnsafe => SyncMode::NoFsyncUnsafe,

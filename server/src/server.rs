@@ -57,6 +57,8 @@ pub enum ServeError {
     Tokens(#[from] TokensError),
     #[error(transparent)]
     Metrics(#[from] MetricsStartError),
+    #[error("{0} is not available yet")]
+    Unsupported(&'static str),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
@@ -91,6 +93,9 @@ pub async fn run_with_auth(
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
     };
+    if config.store != crate::config::StoreBackend::Sled {
+        return Err(ServeError::Unsupported("--store nats"));
+    }
     let log: SharedLog = SledLog::open_with(
         &config.data_dir,
         LogOptions {
