@@ -19,6 +19,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Where the log lives: the embedded sled store (default) or a NATS JetStream cluster.
     pub store: StoreBackend,
+    /// How other nodes name this one to clients (`host:port`), e.g. in the UNAVAILABLE that
+    /// points webhook and consumer-group calls at the node running them. Defaults to the
+    /// listen address.
+    pub advertise_addr: Option<String>,
     pub sync: SyncMode,
     /// Largest journal segment file, in bytes.
     pub journal_segment_bytes: u64,
@@ -47,6 +51,7 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             store: StoreBackend::Sled,
+            advertise_addr: None,
             sync: SyncMode::Fdatasync,
             journal_segment_bytes: LogOptions::default().journal_segment_bytes,
             sled_flush_interval: LogOptions::default().sled_flush_interval,

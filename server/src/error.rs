@@ -155,7 +155,10 @@ impl OrdoError {
                 StoreError::IdempotencyMismatch { .. } | StoreError::DuplicateEventId { .. } => {
                     Code::AlreadyExists
                 }
-                StoreError::Closed | StoreError::Poisoned(_) => Code::Unavailable,
+                StoreError::Closed | StoreError::Poisoned(_) | StoreError::Nats(_) => {
+                    Code::Unavailable
+                }
+                StoreError::Unsupported(_) => Code::FailedPrecondition,
                 StoreError::Trimmed { .. } => Code::OutOfRange,
                 StoreError::UnknownStream { .. } => Code::NotFound,
                 StoreError::Backup(_) => Code::FailedPrecondition,

@@ -62,6 +62,7 @@ pub mod server;
 pub mod store;
 pub mod validate;
 pub mod webhooks;
+pub mod workers;
 
 pub use config::{Limits, ServerConfig};
 pub use server::{run, run_with_auth};

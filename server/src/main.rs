@@ -27,6 +27,11 @@ struct Args {
     /// see --nats-url; --data-dir then holds only this node's rebuildable copy).
     #[arg(long, env = "ORDO_STORE", value_enum, default_value_t = Store::Sled)]
     store: Store,
+    /// How other nodes name this one to clients (host:port), when the listen address is not
+    /// reachable as such (0.0.0.0, NAT). Used in the hint that points webhook and
+    /// consumer-group calls at the node that runs them (--store nats).
+    #[arg(long, env = "ORDO_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
     /// NATS seed URLs for --store nats, comma-separated.
     #[arg(
         long = "nats-url",
@@ -213,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut config = ServerConfig::new(&args.data_dir);
+    config.advertise_addr = args.advertise_addr.clone();
     if args.store == Store::Nats {
         config.store = StoreBackend::Nats(NatsConfig {
             urls: args.nats_urls.clone(),

@@ -1,7 +1,7 @@
 //! Assembles the gRPC server and runs it until shutdown. Made to be called from tests with an
 //! ephemeral listener as well as from `main`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ordo_api::v1::{
     admin_service_server::AdminServiceServer, order_service_server::OrderServiceServer,
@@ -15,8 +15,7 @@ use tracing::{info, warn};
 use crate::{
     admin::Maintenance,
     auth::{Auth, AuthLayer, TokensError, layer::AuthSettings},
-    config::{ServerConfig, TlsConfig},
-    groups::Groups,
+    config::{ServerConfig, StoreBackend, TlsConfig},
     grpc::{
         admin::AdminApi,
         consumer::ConsumerApi,
@@ -27,8 +26,9 @@ use crate::{
     },
     metrics::{MetricsListener, MetricsStartError, ScrapeSources, grpc::GrpcMetricsLayer},
     orders::OrderCommands,
-    store::{LogOptions, SharedLog, SledLog},
-    webhooks::{WebhookStartError, Webhooks},
+    orders::derive::OrderProjection,
+    store::{LogOptions, NatsLog, SharedLog, SledLog, StoreError},
+    workers::{Workers, WorkersError},
 };
 
 /// How long shutdown waits for open calls to finish before closing their connections.
@@ -46,7 +46,7 @@ pub enum ServeError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Webhooks(#[from] WebhookStartError),
+    Workers(#[from] WorkersError),
     #[error(
         "refusing to serve without authentication on non-loopback address {0}: pass --auth-tokens FILE, bind 127.0.0.1, or pass --insecure to accept the risk"
     )]
@@ -57,8 +57,6 @@ pub enum ServeError {
     Tokens(#[from] TokensError),
     #[error(transparent)]
     Metrics(#[from] MetricsStartError),
-    #[error("{0} is not available yet")]
-    Unsupported(&'static str),
 }
 
 /// Opens the log in `config.data_dir` and serves on `listener` until `shutdown` is cancelled;
@@ -93,18 +91,8 @@ pub async fn run_with_auth(
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
     };
-    if config.store != crate::config::StoreBackend::Sled {
-        return Err(ServeError::Unsupported("--store nats"));
-    }
-    let log: SharedLog = SledLog::open_with(
-        &config.data_dir,
-        LogOptions {
-            sync: config.sync,
-            journal_segment_bytes: config.journal_segment_bytes,
-            sled_flush_interval: config.sled_flush_interval,
-        },
-    )?;
-    let result = serve(listener, config, auth, log.clone(), metrics, shutdown).await;
+    let (log, nats) = open_log(&config).await?;
+    let result = serve(listener, config, auth, log.clone(), nats, metrics, shutdown).await;
     let closing = log.clone();
     match tokio::task::spawn_blocking(move || closing.close()).await {
         Ok(Ok(())) => info!("event log closed"),
@@ -114,11 +102,40 @@ pub async fn run_with_auth(
     result
 }
 
+/// The log `config.store` names: sled in the data dir, or JetStream with this node's copy in
+/// the data dir.
+async fn open_log(config: &ServerConfig) -> Result<(SharedLog, Option<Arc<NatsLog>>), ServeError> {
+    match &config.store {
+        StoreBackend::Sled => {
+            let log: SharedLog = SledLog::open_with(
+                &config.data_dir,
+                LogOptions {
+                    sync: config.sync,
+                    journal_segment_bytes: config.journal_segment_bytes,
+                    sled_flush_interval: config.sled_flush_interval,
+                },
+            )?;
+            Ok((log, None))
+        }
+        StoreBackend::Nats(nats) => {
+            let retention = &config.retention;
+            if retention.max_age.is_some() || retention.max_bytes.is_some() {
+                return Err(ServeError::Store(StoreError::Unsupported(
+                    "--retention-* is not available with --store nats: the JetStream stream denies purges so that offsets stay gapless".into(),
+                )));
+            }
+            let log = NatsLog::open(nats, &config.data_dir, Arc::new(OrderProjection)).await?;
+            Ok((log.clone(), Some(log)))
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     config: ServerConfig,
     auth: Option<Auth>,
     log: SharedLog,
+    nats: Option<Arc<NatsLog>>,
     metrics: Option<MetricsListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -132,21 +149,35 @@ async fn serve(
         EventServiceServer::new(EventApi::new(log.clone(), config.clone(), shutdown.clone()))
             .max_decoding_message_size(max_message);
 
-    // Delivery tasks stop on `shutdown`; joined below before the log is closed.
-    let hooks = Webhooks::start(log.clone(), config.webhooks.clone(), shutdown.clone())?;
-    let webhooks = WebhookServiceServer::new(WebhookApi::new(hooks.clone()))
+    // Webhook delivery and group tasks stop on `shutdown`; joined below before the log is
+    // closed. With JetStream they run on whichever node holds the workers lease.
+    let workers = match &nats {
+        None => Workers::local(log.clone(), config.webhooks.clone(), shutdown.clone()).await?,
+        Some(nats) => {
+            let advertise = config
+                .advertise_addr
+                .clone()
+                .unwrap_or(listener.local_addr()?.to_string());
+            let lease = nats.campaign(advertise).await?;
+            Workers::leased(
+                log.clone(),
+                config.webhooks.clone(),
+                lease,
+                shutdown.clone(),
+            )
+        }
+    };
+    let webhooks = WebhookServiceServer::new(WebhookApi::new(workers.clone()))
         .max_decoding_message_size(max_message);
 
     // Compaction (retention, deleted streams); consumers of the log learn when it trims.
     let maintenance = Maintenance::new(log.clone(), config.retention.clone());
-    let woken = hooks.clone();
+    let woken = workers.clone();
     maintenance.hooks().register(move |_first| woken.wake_all());
     let compactor = maintenance.clone().spawn(shutdown.clone());
     let admin = AdminServiceServer::new(AdminApi::new(log.clone(), maintenance))
         .max_decoding_message_size(max_message);
-    // Group tasks stop on `shutdown`; joined below before the log is closed.
-    let groups = Groups::start(log.clone(), shutdown.clone()).await?;
-    let consumer = ConsumerServiceServer::new(ConsumerApi::new(groups.clone(), shutdown.clone()))
+    let consumer = ConsumerServiceServer::new(ConsumerApi::new(workers.clone(), shutdown.clone()))
         .max_decoding_message_size(max_message);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -190,7 +221,7 @@ async fn serve(
             ScrapeSources {
                 log: log.clone(),
                 data_dir: config.data_dir.clone(),
-                webhooks: hooks.clone(),
+                workers: workers.clone(),
             },
             shutdown.clone(),
         )?),
@@ -240,8 +271,7 @@ async fn serve(
             Ok(())
         }
     };
-    hooks.join().await;
-    groups.join_tasks().await;
+    workers.join().await;
     // Every holder of the log is gone before `run` closes it, so a restart can reopen the dir.
     let _ = sweeper.await;
     let _ = compactor.await;

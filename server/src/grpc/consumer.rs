@@ -28,6 +28,7 @@ use crate::{
     groups::{Command, Groups, How, Joined, Origin, Out, settings},
     grpc::wire::{ConsumeFrame, ConsumeMessage, ConsumerService, DeliveryFrame},
     validate,
+    workers::Workers,
 };
 
 const CONSUME_PATH: &str = "/ordo.v1.ConsumerService/Consume";
@@ -37,13 +38,18 @@ const MAX_REASON: usize = 512;
 const ANSWERS: usize = 64;
 
 pub struct ConsumerApi {
-    groups: Arc<Groups>,
+    workers: Workers,
     shutdown: CancellationToken,
 }
 
 impl ConsumerApi {
-    pub fn new(groups: Arc<Groups>, shutdown: CancellationToken) -> Self {
-        Self { groups, shutdown }
+    pub fn new(workers: Workers, shutdown: CancellationToken) -> Self {
+        Self { workers, shutdown }
+    }
+
+    /// Consumer groups run on one node at a time (see `crate::workers`).
+    fn groups(&self) -> Result<Arc<Groups>, Status> {
+        Ok(self.workers.groups()?)
     }
 }
 
@@ -82,7 +88,10 @@ impl ConsumerService for ConsumerApi {
         request: Request<CreateGroupRequest>,
     ) -> Result<Response<CreateGroupResponse>, Status> {
         let principal = auth::principal(&request)?;
-        let group = self.groups.create(request.into_inner(), &principal).await?;
+        let group = self
+            .groups()?
+            .create(request.into_inner(), &principal)
+            .await?;
         Ok(Response::new(CreateGroupResponse { group: Some(group) }))
     }
 
@@ -92,7 +101,7 @@ impl ConsumerService for ConsumerApi {
     ) -> Result<Response<GetGroupResponse>, Status> {
         let principal = auth::principal(&request)?;
         let group = self
-            .groups
+            .groups()?
             .status(&request.get_ref().name, &principal)
             .await?;
         Ok(Response::new(GetGroupResponse { group: Some(group) }))
@@ -104,7 +113,7 @@ impl ConsumerService for ConsumerApi {
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let principal = auth::principal(&request)?;
         Ok(Response::new(
-            self.groups.list(request.get_ref(), &principal).await?,
+            self.groups()?.list(request.get_ref(), &principal).await?,
         ))
     }
 
@@ -113,7 +122,7 @@ impl ConsumerService for ConsumerApi {
         request: Request<UpdateGroupRequest>,
     ) -> Result<Response<UpdateGroupResponse>, Status> {
         let principal = auth::principal(&request)?;
-        let group = self.groups.update(request.get_ref(), &principal).await?;
+        let group = self.groups()?.update(request.get_ref(), &principal).await?;
         Ok(Response::new(UpdateGroupResponse { group: Some(group) }))
     }
 
@@ -122,7 +131,7 @@ impl ConsumerService for ConsumerApi {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let principal = auth::principal(&request)?;
-        self.groups
+        self.groups()?
             .delete(&request.get_ref().name, &principal)
             .await?;
         Ok(Response::new(DeleteGroupResponse {}))
@@ -154,7 +163,7 @@ impl ConsumerService for ConsumerApi {
             false,
         )?;
         let (joined, commands) = self
-            .groups
+            .groups()?
             .join(
                 &join.group,
                 join.member_name,
@@ -185,7 +194,7 @@ impl ConsumerService for ConsumerApi {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        self.groups
+        self.groups()?
             .settle(&req.group, req.delivery_ids, How::Ack, &principal)
             .await?;
         Ok(Response::new(AckResponse {}))
@@ -195,7 +204,7 @@ impl ConsumerService for ConsumerApi {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let how = nack_how(req.action, req.delay_ms, req.reason)?;
-        self.groups
+        self.groups()?
             .settle(&req.group, req.delivery_ids, how, &principal)
             .await?;
         Ok(Response::new(NackResponse {}))
@@ -207,7 +216,7 @@ impl ConsumerService for ConsumerApi {
     ) -> Result<Response<ListParkedResponse>, Status> {
         let principal = auth::principal(&request)?;
         Ok(Response::new(
-            self.groups
+            self.groups()?
                 .list_parked(request.get_ref(), &principal)
                 .await?,
         ))
@@ -219,7 +228,7 @@ impl ConsumerService for ConsumerApi {
     ) -> Result<Response<ReplayParkedResponse>, Status> {
         let principal = auth::principal(&request)?;
         Ok(Response::new(
-            self.groups
+            self.groups()?
                 .replay_parked(request.get_ref(), &principal)
                 .await?,
         ))

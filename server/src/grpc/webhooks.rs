@@ -10,15 +10,20 @@ use ordo_api::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::webhooks::Webhooks;
+use crate::{webhooks::Webhooks, workers::Workers};
 
 pub struct WebhookApi {
-    webhooks: Webhooks,
+    workers: Workers,
 }
 
 impl WebhookApi {
-    pub fn new(webhooks: Webhooks) -> Self {
-        Self { webhooks }
+    pub fn new(workers: Workers) -> Self {
+        Self { workers }
+    }
+
+    /// Webhooks run on one node at a time (see `crate::workers`).
+    fn webhooks(&self) -> Result<Webhooks, Status> {
+        Ok(self.workers.webhooks()?)
     }
 }
 
@@ -29,7 +34,7 @@ impl WebhookService for WebhookApi {
         request: Request<CreateWebhookRequest>,
     ) -> Result<Response<CreateWebhookResponse>, Status> {
         Ok(Response::new(
-            self.webhooks.create(request.into_inner()).await?,
+            self.webhooks()?.create(request.into_inner()).await?,
         ))
     }
 
@@ -37,7 +42,7 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<GetWebhookRequest>,
     ) -> Result<Response<GetWebhookResponse>, Status> {
-        let webhook = self.webhooks.get(&request.get_ref().id)?;
+        let webhook = self.webhooks()?.get(&request.get_ref().id)?;
         Ok(Response::new(GetWebhookResponse {
             webhook: Some(webhook),
         }))
@@ -47,14 +52,14 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<ListWebhooksRequest>,
     ) -> Result<Response<ListWebhooksResponse>, Status> {
-        Ok(Response::new(self.webhooks.list(request.get_ref())?))
+        Ok(Response::new(self.webhooks()?.list(request.get_ref())?))
     }
 
     async fn update_webhook(
         &self,
         request: Request<UpdateWebhookRequest>,
     ) -> Result<Response<UpdateWebhookResponse>, Status> {
-        let webhook = self.webhooks.update(request.into_inner()).await?;
+        let webhook = self.webhooks()?.update(request.into_inner()).await?;
         Ok(Response::new(UpdateWebhookResponse {
             webhook: Some(webhook),
         }))
@@ -64,7 +69,7 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<DeleteWebhookRequest>,
     ) -> Result<Response<DeleteWebhookResponse>, Status> {
-        self.webhooks.delete(&request.get_ref().id).await?;
+        self.webhooks()?.delete(&request.get_ref().id).await?;
         Ok(Response::new(DeleteWebhookResponse {}))
     }
 
@@ -73,7 +78,7 @@ impl WebhookService for WebhookApi {
         request: Request<RotateSecretRequest>,
     ) -> Result<Response<RotateSecretResponse>, Status> {
         Ok(Response::new(
-            self.webhooks.rotate_secret(request.get_ref()).await?,
+            self.webhooks()?.rotate_secret(request.get_ref()).await?,
         ))
     }
 
@@ -82,7 +87,7 @@ impl WebhookService for WebhookApi {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         Ok(Response::new(
-            self.webhooks.list_deliveries(request.get_ref())?,
+            self.webhooks()?.list_deliveries(request.get_ref())?,
         ))
     }
 
@@ -91,7 +96,7 @@ impl WebhookService for WebhookApi {
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
         Ok(Response::new(
-            self.webhooks.list_dead_letters(request.get_ref())?,
+            self.webhooks()?.list_dead_letters(request.get_ref())?,
         ))
     }
 
@@ -100,7 +105,7 @@ impl WebhookService for WebhookApi {
         request: Request<RedriveDeadLettersRequest>,
     ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
         Ok(Response::new(
-            self.webhooks.redrive(request.get_ref()).await?,
+            self.webhooks()?.redrive(request.get_ref()).await?,
         ))
     }
 }

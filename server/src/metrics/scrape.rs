@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::recorder::{DISK_BYTES, HEAD_OFFSET, REJECTIONS, WEBHOOK_PENDING};
-use crate::{rejections, store::SharedLog, webhooks::Webhooks};
+use crate::{rejections, store::SharedLog, workers::Workers};
 
 /// What a scrape reads.
 #[derive(Clone)]
 pub struct ScrapeSources {
     pub log: SharedLog,
     pub data_dir: PathBuf,
-    pub webhooks: Webhooks,
+    /// Webhook gauges are read where webhooks run (see `crate::workers`).
+    pub workers: Workers,
 }
 
 impl ScrapeSources {
@@ -31,7 +32,10 @@ impl ScrapeSources {
         for (reason, count) in rejections::summary() {
             metrics::counter!(REJECTIONS, "reason" => reason).absolute(count);
         }
-        match self.webhooks.pending_events() {
+        let Ok(webhooks) = self.workers.webhooks() else {
+            return;
+        };
+        match webhooks.pending_events() {
             Ok(pending) => metrics::gauge!(WEBHOOK_PENDING).set(pending as f64),
             Err(err) => {
                 warn!(error = %err, "cannot read webhook cursors for ordo_webhook_pending_events")

@@ -32,6 +32,13 @@ pub enum StoreError {
     Trimmed { requested: u64, first: u64 },
     #[error("stream {stream_id:?} has no events to delete")]
     UnknownStream { stream_id: String },
+    /// The NATS cluster did not answer or refused in a way the caller may retry (no quorum
+    /// during a leader election, a lost connection, a timeout).
+    #[error("nats: {0}")]
+    Nats(String),
+    /// What this backend does not do, with what to use instead.
+    #[error("{0}")]
+    Unsupported(String),
     /// A backup could not be written, or a backup file is incomplete or damaged.
     #[error("backup: {0}")]
     Backup(String),

@@ -12,6 +12,7 @@ mod error;
 mod first;
 mod journal;
 mod keys;
+mod nats;
 mod pending;
 mod progress;
 mod reader;
@@ -33,6 +34,7 @@ pub use codec::{EventKey, RawEvent};
 pub use compaction::{CompactionReport, RetentionRules};
 pub use error::StoreError;
 pub use journal::JournalError;
+pub use nats::{Derive, LeaseState, NatsLog, Records};
 pub use sled_log::{LogOptions, SledLog, SyncMode};
 pub use tombstones::Tombstone;
 

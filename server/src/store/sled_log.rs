@@ -251,6 +251,31 @@ impl SledLog {
         }))
     }
 
+    /// Stores batches another log (JetStream) already accepted, in its order, with the offsets
+    /// it gave them (see `staging::Mode::Replicated`). Resolves to each batch's outcome; a
+    /// batch whose first offset is not this log's next one fails with
+    /// [`StoreError::Corrupt`].
+    pub fn replicate(&self, batches: Vec<AppendBatch>) -> OutcomesFuture {
+        let sender = self.sender.read().ok().and_then(|guard| guard.clone());
+        Box::pin(async move {
+            let sender = sender.ok_or(StoreError::Closed)?;
+            let (reply, rx) = oneshot::channel();
+            sender
+                .send(Job::Replicated { batches, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)
+        })
+    }
+
+    /// Where the event with this client-chosen id was stored, if an append indexed it.
+    pub fn position_of(&self, id: &str) -> Result<Option<super::Position>, StoreError> {
+        match self.view.get(&keys::event_id(id))? {
+            Some(value) => codec::decode_position(id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
         // The lock guards no data: a panic while it was held leaves nothing inconsistent.
         self.maintenance

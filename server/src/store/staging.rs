@@ -22,6 +22,18 @@ use super::{
     view::View,
 };
 
+/// Whether a batch is a new append or a copy of one another log already accepted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Validated (idempotency, event ids, expected versions); offsets assigned here.
+    Append,
+    /// Already accepted by the log of record: every event carries its offset, which must be
+    /// the next one here. Nothing is refused: an idempotency key or event id seen before keeps
+    /// its first owner (as the log of record answered), and the events are stored anyway so
+    /// that offsets stay the same as there.
+    Replicated,
+}
+
 /// What staging reads: keys (pending writes included) and events.
 pub struct Stores {
     pub view: View,
@@ -118,7 +130,11 @@ impl Group {
         &mut self,
         store: &Stores,
         batch: AppendBatch,
+        mode: Mode,
     ) -> Result<AppendOutcome, StoreError> {
+        if mode == Mode::Replicated {
+            return self.stage_replicated(store, batch);
+        }
         if let Some(claim) = &batch.idempotency
             && let Some(stored) = self.claimed(store, &claim.key)?
         {
@@ -263,6 +279,46 @@ impl Group {
             positions,
             response: projection.response,
         })
+    }
+
+    /// [`Mode::Replicated`]: the events' offsets must continue the log; what the checks of an
+    /// append would refuse is stored without its index entry instead (the first owner keeps
+    /// it), since the log of record already stored it.
+    fn stage_replicated(
+        &mut self,
+        store: &Stores,
+        mut batch: AppendBatch,
+    ) -> Result<AppendOutcome, StoreError> {
+        for (i, event) in batch.events.iter().enumerate() {
+            let next = self.head + 1 + i as u64;
+            if event.offset != next {
+                return Err(codec::corrupt(
+                    "replicated event",
+                    format!("offset {} arrived where {next} was expected", event.offset),
+                ));
+            }
+        }
+        let claim = match batch.idempotency.take() {
+            Some(claim) if self.claimed(store, &claim.key)?.is_none() => Some(claim),
+            _ => None,
+        };
+        let mut fresh_ids = batch.index_ids;
+        if batch.index_ids {
+            for event in &batch.events {
+                if self.stored_position(store, &event.id)?.is_some() {
+                    fresh_ids = false;
+                }
+            }
+        }
+        for event in &mut batch.events {
+            // Staged below as a fresh append would be: the offset is assigned again (to the
+            // same value, checked above) and the version counted here.
+            event.offset = 0;
+        }
+        batch.idempotency = claim;
+        batch.index_ids = fresh_ids;
+        batch.expected_versions.clear();
+        self.stage(store, batch, Mode::Append)
     }
 
     fn version(&self, store: &Stores, stream_id: &str) -> Result<u64, StoreError> {

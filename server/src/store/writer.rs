@@ -18,7 +18,7 @@ use super::{
     journal::{Journal, Op},
     pending::Pending,
     progress::Progress,
-    staging::{Group, Stores},
+    staging::{Group, Mode, Stores},
     tail::Tail,
 };
 
@@ -44,6 +44,13 @@ pub(super) enum Job {
         batches: Vec<super::AppendBatch>,
         reply: oneshot::Sender<Vec<Outcome>>,
     },
+    /// Batches copied from a log kept elsewhere (JetStream), in that log's order: stored
+    /// without the checks an append gets (the source log already decided them), and refused
+    /// only if their offsets do not continue this log's (see `Group::stage`).
+    Replicated {
+        batches: Vec<super::AppendBatch>,
+        reply: oneshot::Sender<Vec<Outcome>>,
+    },
 }
 
 enum Reply {
@@ -52,15 +59,16 @@ enum Reply {
 }
 
 impl Job {
-    fn split(self) -> (Vec<super::AppendBatch>, Reply) {
+    fn split(self) -> (Vec<super::AppendBatch>, Reply, Mode) {
         match self {
-            Job::One { batch, reply } => (vec![batch], Reply::One(reply)),
-            Job::Many { batches, reply } => (batches, Reply::Many(reply)),
+            Job::One { batch, reply } => (vec![batch], Reply::One(reply), Mode::Append),
+            Job::Many { batches, reply } => (batches, Reply::Many(reply), Mode::Append),
+            Job::Replicated { batches, reply } => (batches, Reply::Many(reply), Mode::Replicated),
         }
     }
 
     fn fail(self, reason: &str) {
-        let (batches, reply) = self.split();
+        let (batches, reply, _) = self.split();
         reply.fail(batches.len(), reason);
     }
 }
@@ -137,11 +145,11 @@ impl Writer {
         let mut staged = 0;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let (batches, reply) = job.split();
+            let (batches, reply, mode) = job.split();
             staged += batches.len();
             let results = batches
                 .into_iter()
-                .map(|batch| group.stage(&self.stores, batch))
+                .map(|batch| group.stage(&self.stores, batch, mode))
                 .collect();
             replies.push((reply, results));
             if staged < MAX_GROUP && group.bytes < MAX_GROUP_BYTES {

@@ -1,0 +1,348 @@
+//! Appends on JetStream: the checks an append needs are made against this node's copy, then
+//! enforced by JetStream itself (expected last subject sequence, `Nats-Msg-Id` dedupe, atomic
+//! batches), so two nodes racing on one stream cannot both win.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use async_nats::{Client, HeaderMap, jetstream};
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::{Mutex, watch};
+
+use super::{
+    super::{AppendBatch, AppendOutcome, EventLog, Position, RawEvent, SledLog, StoreError},
+    headers,
+    names::Names,
+    nats_error,
+    publish::{self, Outgoing, Published, Refused},
+};
+
+/// Rounds of read-check-publish before an append that keeps losing races gives up.
+const MAX_ATTEMPTS: usize = 8;
+/// How long an append waits for this node's copy to show what JetStream acknowledged.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// What every append needs: the connection, the names and this node's copy.
+pub struct Shared {
+    client: Client,
+    js: jetstream::Context,
+    names: Names,
+    pub replica: Arc<SledLog>,
+    records_applied: watch::Receiver<u64>,
+    /// Serialises `enqueue_many` callers, so their batches publish in call order.
+    pub order: Arc<Mutex<()>>,
+}
+
+impl Shared {
+    pub fn new(
+        client: Client,
+        js: jetstream::Context,
+        names: Names,
+        replica: Arc<SledLog>,
+        records_applied: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            names,
+            replica,
+            records_applied,
+            order: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub async fn append(&self, mut batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        if batch.events.is_empty() {
+            return self.append_records(batch).await;
+        }
+        for event in &mut batch.events {
+            if event.id.is_empty() {
+                // Chosen here, not by each node's copy, so every node stores the same id.
+                event.id = ulid::Ulid::new().to_string();
+            }
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(outcome) = self.already_stored(&batch)? {
+                return Ok(outcome);
+            }
+            let mut last_subject_seq = BTreeMap::new();
+            for (stream_id, expected) in &batch.expected_versions {
+                let mut actual = self.replica.stream_version(stream_id)?;
+                if actual != *expected {
+                    // This node may be behind: judge on the log's head, not on a stale copy.
+                    self.catch_up().await?;
+                    actual = self.replica.stream_version(stream_id)?;
+                }
+                if actual != *expected {
+                    return Err(StoreError::VersionConflict {
+                        stream_id: stream_id.clone(),
+                        expected: *expected,
+                        actual,
+                    });
+                }
+                last_subject_seq.insert(stream_id.clone(), self.last_offset(stream_id, actual)?);
+            }
+            let messages = self.messages(&batch, &mut last_subject_seq)?;
+            let count = messages.len() as u64;
+            match publish::publish(&self.client, messages).await {
+                Ok(Published::Stored { last }) => {
+                    let first = last + 1 - count;
+                    self.visible(last).await?;
+                    let positions = self.positions(first, last)?;
+                    let response = batch
+                        .project
+                        .map(|project| project(&positions).response)
+                        .unwrap_or_default();
+                    return Ok(AppendOutcome::Appended {
+                        positions,
+                        response,
+                    });
+                }
+                // Stored before (a retry, or a racing twin on another node): wait until this
+                // node shows it, then answer as the copy says (`already_stored`).
+                Ok(Published::Duplicate { seq }) => self.visible(seq).await?,
+                // The stream moved since it was read: read again; the version check then
+                // tells a real conflict from a stale read.
+                Err(Refused::WrongLastSequence) => self.catch_up().await?,
+                Err(Refused::Other(err)) => return Err(err),
+            }
+        }
+        Err(StoreError::Nats(format!(
+            "the append lost {MAX_ATTEMPTS} races in a row; retry"
+        )))
+    }
+
+    /// What the log already holds for this batch: an idempotency key's stored response, or
+    /// the positions of client-chosen ids (all stored: deduplicated; some: refused).
+    fn already_stored(&self, batch: &AppendBatch) -> Result<Option<AppendOutcome>, StoreError> {
+        if let Some(claim) = &batch.idempotency
+            && let Some(stored) = self.replica.idempotent_response(&claim.key)?
+        {
+            if stored.fingerprint == claim.fingerprint {
+                return Ok(Some(AppendOutcome::Replayed {
+                    response: stored.response,
+                }));
+            }
+            return Err(StoreError::IdempotencyMismatch {
+                key: claim.key.clone(),
+            });
+        }
+        if !batch.index_ids {
+            return Ok(None);
+        }
+        let mut existing = Vec::new();
+        for event in &batch.events {
+            if let Some(position) = self.replica.position_of(&event.id)? {
+                existing.push(position);
+            }
+        }
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        if existing.len() == batch.events.len() {
+            return Ok(Some(AppendOutcome::Deduplicated {
+                positions: existing,
+            }));
+        }
+        Err(StoreError::DuplicateEventId {
+            id: existing[0].id.clone(),
+            offset: existing[0].offset,
+        })
+    }
+
+    /// The offset of a stream's event at `version` (0 for an empty stream): JetStream's last
+    /// sequence on the stream's subject.
+    fn last_offset(&self, stream_id: &str, version: u64) -> Result<u64, StoreError> {
+        if version == 0 {
+            return Ok(0);
+        }
+        match self
+            .replica
+            .read_stream(stream_id, version, version)?
+            .first()
+        {
+            Some(event) => Ok(event.offset),
+            None => Err(StoreError::Corrupt {
+                what: "stream index".into(),
+                detail: format!("stream {stream_id} has no event at version {version}"),
+            }),
+        }
+    }
+
+    /// One message per event. The first event of each stream with an expected version
+    /// carries JetStream's expected-last-subject-sequence; the first of the append carries
+    /// the idempotency claim; a lone event also carries `Nats-Msg-Id` (batches may not).
+    fn messages(
+        &self,
+        batch: &AppendBatch,
+        last_subject_seq: &mut BTreeMap<String, u64>,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let count = batch.events.len();
+        let mut messages = Vec::with_capacity(count);
+        for (i, event) in batch.events.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(headers::LEFT, (count - 1 - i).to_string().as_str());
+            if let Some(seq) = last_subject_seq.remove(&event.stream_id) {
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    seq.to_string().as_str(),
+                );
+            }
+            if i == 0 {
+                if let Some(claim) = &batch.idempotency {
+                    headers.insert(headers::IDEMPOTENCY_KEY, claim.key.as_str());
+                    headers.insert(
+                        headers::IDEMPOTENCY_FINGERPRINT,
+                        hex::encode(claim.fingerprint).as_str(),
+                    );
+                }
+                if batch.index_ids {
+                    headers.insert(headers::INDEX_IDS, "1");
+                }
+            }
+            if count == 1 {
+                let msg_id = match &batch.idempotency {
+                    Some(claim) => format!("idempotency:{}", claim.key),
+                    None => format!("event:{}", event.id),
+                };
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+            }
+            messages.push(Outgoing {
+                subject: self.names.event_subject(&event.stream_id),
+                headers,
+                payload: Bytes::from(event.encode_to_vec()),
+            });
+        }
+        Ok(messages)
+    }
+
+    /// The positions of `first..=last` as this node's copy stored them.
+    fn positions(&self, first: u64, last: u64) -> Result<Vec<Position>, StoreError> {
+        let count = (last + 1 - first) as usize;
+        let events = self.replica.read_raw(first, count, usize::MAX)?;
+        let positions: Vec<Position> = events
+            .iter()
+            .filter(|e| e.offset <= last)
+            .map(RawEvent::decode)
+            .map(|event| {
+                event.map(|e| Position {
+                    id: e.id,
+                    offset: e.offset,
+                    stream_id: e.stream_id,
+                    stream_version: e.stream_version,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if positions.len() != count {
+            return Err(StoreError::Corrupt {
+                what: "replica".into(),
+                detail: format!("offsets {first}..={last} are not all there"),
+            });
+        }
+        Ok(positions)
+    }
+
+    /// Waits until this node's copy holds offset `offset`.
+    async fn visible(&self, offset: u64) -> Result<(), StoreError> {
+        let mut head = self.replica.watch_head();
+        tokio::time::timeout(VISIBLE_WITHIN, head.wait_for(|head| *head >= offset))
+            .await
+            .map_err(|_| {
+                StoreError::Nats(format!(
+                    "offset {offset} is stored in JetStream but this node has not applied it within {} s",
+                    VISIBLE_WITHIN.as_secs()
+                ))
+            })?
+            .map_err(|_| StoreError::Closed)?;
+        Ok(())
+    }
+
+    /// Waits until this node's copy holds everything the log held when called.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.names.events_stream)
+            .await
+            .map_err(|e| nats_error("reading the events stream", e))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| nats_error("reading the events stream", e))?
+            .state
+            .last_sequence;
+        self.visible(last).await?;
+        let mut records = self
+            .js
+            .get_stream(&self.names.records_stream)
+            .await
+            .map_err(|e| nats_error("reading the records stream", e))?;
+        let last = records
+            .info()
+            .await
+            .map_err(|e| nats_error("reading the records stream", e))?
+            .state
+            .last_sequence;
+        self.records_visible(last).await
+    }
+
+    /// A records-only batch: one message per key on the records stream (atomic when several),
+    /// answered once this node's copy shows it.
+    async fn append_records(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let projection = batch.project.map(|p| p(&[])).unwrap_or_default();
+        // The records stream keeps one message per key: the last write of a key is the one.
+        let mut writes = BTreeMap::new();
+        for record in projection.records {
+            writes.insert(record.key, record.value);
+        }
+        if writes.is_empty() {
+            return Ok(AppendOutcome::Appended {
+                positions: Vec::new(),
+                response: projection.response,
+            });
+        }
+        let count = writes.len();
+        let messages = writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                let mut headers = HeaderMap::new();
+                headers.insert(headers::LEFT, (count - 1 - i).to_string().as_str());
+                if value.is_none() {
+                    headers.insert(headers::DELETE, "1");
+                }
+                Outgoing {
+                    subject: self.names.record_subject(&key),
+                    headers,
+                    payload: Bytes::from(value.unwrap_or_default()),
+                }
+            })
+            .collect();
+        match publish::publish(&self.client, messages).await {
+            Ok(Published::Stored { last } | Published::Duplicate { seq: last }) => {
+                self.records_visible(last).await?;
+                Ok(AppendOutcome::Appended {
+                    positions: Vec::new(),
+                    response: projection.response,
+                })
+            }
+            Err(Refused::WrongLastSequence) => Err(StoreError::Nats(
+                "JetStream refused a records write with a sequence check it did not carry".into(),
+            )),
+            Err(Refused::Other(err)) => Err(err),
+        }
+    }
+
+    async fn records_visible(&self, seq: u64) -> Result<(), StoreError> {
+        let mut applied = self.records_applied.clone();
+        tokio::time::timeout(VISIBLE_WITHIN, applied.wait_for(|applied| *applied >= seq))
+            .await
+            .map_err(|_| {
+                StoreError::Nats(format!(
+                    "records sequence {seq} is stored in JetStream but this node has not applied it within {} s",
+                    VISIBLE_WITHIN.as_secs()
+                ))
+            })?
+            .map_err(|_| StoreError::Closed)?;
+        Ok(())
+    }
+}
