@@ -152,32 +152,34 @@ impl ClientBuilder {
                 ));
             }
         };
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|err| ClientError::Config(format!("invalid address {:?}: {err}", self.url)))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            // Keepalive pings let a dead connection fail instead of hanging silently.
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if let Some(timeout) = self.request_timeout {
-            endpoint = endpoint.timeout(timeout);
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in &urls {
+            endpoints.push(self.endpoint(url, tls.as_ref())?);
         }
-        if let Some(tls) = tls {
-            endpoint = endpoint.tls_config(tls).map_err(|err| {
-                ClientError::Config(format!("invalid TLS settings: {}", error_chain(&err)))
-            })?;
-        }
-        let channel = if self.lazy {
-            endpoint.connect_lazy()
-        } else {
-            endpoint
-                .connect()
-                .await
-                .map_err(|err| ClientError::Connect {
-                    addr: self.url.clone(),
-                    reason: error_chain(&err),
-                })?
+        let channel = match endpoints.pop() {
+            Some(endpoint) if endpoints.is_empty() => {
+                if self.lazy {
+                    endpoint.connect_lazy()
+                } else {
+                    endpoint
+                        .connect()
+                        .await
+                        .map_err(|err| ClientError::Connect {
+                            addr: self.url.clone(),
+                            reason: error_chain(&err),
+                        })?
+                }
+            }
+            // Several nodes of one deployment (`--store nats`): calls go to the nodes that
+            // answer, so a node that dies costs the calls in flight on it, not the client.
+            Some(last) => {
+                endpoints.push(last);
+                Channel::balance_list(endpoints.into_iter())
+            }
+            None => {
+                return Err(ClientError::Config("no server address given".into()));
+            }
         };
         let auth = AuthInterceptor::new(self.bearer_token.as_deref())?;
         Ok(OrdoClient {
@@ -188,6 +190,28 @@ impl ClientBuilder {
             health: HealthClient::with_interceptor(channel, auth),
             url: self.url,
         })
+    }
+}
+
+impl ClientBuilder {
+    fn endpoint(&self, url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|err| ClientError::Config(format!("invalid address {url:?}: {err}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // Keepalive pings let a dead connection fail instead of hanging silently.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if let Some(timeout) = self.request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|err| {
+                ClientError::Config(format!("invalid TLS settings: {}", error_chain(&err)))
+            })?;
+        }
+        Ok(endpoint)
     }
 }
 
@@ -235,7 +259,9 @@ impl OrdoClient {
         Self::builder(url).connect().await
     }
 
-    /// Starts configuring a client for `url`.
+    /// Starts configuring a client for `url`, or for several nodes of one deployment as a
+    /// comma-separated list (`http://a:50051,http://b:50051`, see docs/scale-out.md): calls are
+    /// spread over the nodes that answer, and a dead node's calls fail over to the others.
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),
