@@ -55,12 +55,7 @@ impl Shared {
         if batch.events.is_empty() {
             return self.append_records(batch).await;
         }
-        for event in &mut batch.events {
-            if event.id.is_empty() {
-                // Chosen here, not by each node's copy, so every node stores the same id.
-                event.id = ulid::Ulid::new().to_string();
-            }
-        }
+        self.assign_ids(&mut batch);
         for _ in 0..MAX_ATTEMPTS {
             if let Some(outcome) = self.already_stored(&batch)? {
                 return Ok(outcome);
@@ -86,17 +81,7 @@ impl Shared {
             let count = messages.len() as u64;
             match publish::publish(&self.client, messages).await {
                 Ok(Published::Stored { last }) => {
-                    let first = last + 1 - count;
-                    self.visible(last).await?;
-                    let positions = self.positions(first, last)?;
-                    let response = batch
-                        .project
-                        .map(|project| project(&positions).response)
-                        .unwrap_or_default();
-                    return Ok(AppendOutcome::Appended {
-                        positions,
-                        response,
-                    });
+                    return self.stored(batch, last + 1 - count, last).await;
                 }
                 // Stored before (a retry, or a racing twin on another node): wait until this
                 // node shows it, then answer as the copy says (`already_stored`).
@@ -112,9 +97,44 @@ impl Shared {
         )))
     }
 
+    /// Ids are chosen here, not by each node's copy, so every node stores the same id.
+    pub(super) fn assign_ids(&self, batch: &mut AppendBatch) {
+        for event in &mut batch.events {
+            if event.id.is_empty() {
+                event.id = ulid::Ulid::new().to_string();
+            }
+        }
+    }
+
+    pub(super) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Answers an append JetStream stored at `first..=last`, once this node's copy shows it.
+    pub(super) async fn stored(
+        &self,
+        batch: AppendBatch,
+        first: u64,
+        last: u64,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.visible(last).await?;
+        let positions = self.positions(first, last)?;
+        let response = batch
+            .project
+            .map(|project| project(&positions).response)
+            .unwrap_or_default();
+        Ok(AppendOutcome::Appended {
+            positions,
+            response,
+        })
+    }
+
     /// What the log already holds for this batch: an idempotency key's stored response, or
     /// the positions of client-chosen ids (all stored: deduplicated; some: refused).
-    fn already_stored(&self, batch: &AppendBatch) -> Result<Option<AppendOutcome>, StoreError> {
+    pub(super) fn already_stored(
+        &self,
+        batch: &AppendBatch,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
         if let Some(claim) = &batch.idempotency
             && let Some(stored) = self.replica.idempotent_response(&claim.key)?
         {
@@ -172,7 +192,7 @@ impl Shared {
     /// One message per event. The first event of each stream with an expected version
     /// carries JetStream's expected-last-subject-sequence; the first of the append carries
     /// the idempotency claim; a lone event also carries `Nats-Msg-Id` (batches may not).
-    fn messages(
+    pub(super) fn messages(
         &self,
         batch: &AppendBatch,
         last_subject_seq: &mut BTreeMap<String, u64>,
@@ -243,7 +263,7 @@ impl Shared {
     }
 
     /// Waits until this node's copy holds offset `offset`.
-    async fn visible(&self, offset: u64) -> Result<(), StoreError> {
+    pub(super) async fn visible(&self, offset: u64) -> Result<(), StoreError> {
         let mut head = self.replica.watch_head();
         tokio::time::timeout(VISIBLE_WITHIN, head.wait_for(|head| *head >= offset))
             .await

@@ -9,6 +9,7 @@ mod follower;
 mod headers;
 mod lease;
 mod names;
+mod pipeline;
 mod publish;
 mod setup;
 
@@ -190,12 +191,7 @@ impl EventLog for NatsLog {
             let turn = shared.order.clone().lock_owned().await;
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
-                let _turn = turn;
-                let mut outcomes = Vec::with_capacity(batches.len());
-                for batch in batches {
-                    outcomes.push(shared.append(batch).await);
-                }
-                let _ = tx.send(outcomes);
+                let _ = tx.send(shared.append_many(batches, turn).await);
             });
             let outcomes: OutcomesFuture =
                 Box::pin(async move { rx.await.map_err(|_| StoreError::Closed) });
