@@ -1,0 +1,3 @@
+//! Ordo on the NATS backend (`--store nats`).
+
+mod cluster;
