@@ -72,7 +72,7 @@ struct Running {
 }
 
 impl NatsCluster {
-    /// Starts `nodes` routed nats-servers (one is a standalone JetStream server) and returns
+    /// Starts `nodes` routed nats-servers (`1`: one standalone JetStream server) and returns
     /// once JetStream is ready across the cluster; panics after 30 s with the last error.
     /// Blocks the calling thread (the readiness probe runs on a thread of its own), so it can
     /// be called from sync code and from inside a test's runtime alike.
