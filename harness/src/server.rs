@@ -1,7 +1,14 @@
-//! A real server on an ephemeral port over a real sled directory, either in-process (fast, for
+//! A real server on an ephemeral port over a real data directory, either in-process (fast, for
 //! behaviour) or as the real binary in a child process (for crash and restart tests).
+//!
+//! The log is sled or a JetStream stream on the shared NATS cluster, as [`backend`] says: the
+//! same test code runs on both. On NATS the stream is named after the data dir, so a restart on
+//! the same dir finds the same log; [`TestServer::start_nats_node`] and
+//! [`ChildServer::start_nats`] pick the cluster and stream themselves, for several Ordo nodes
+//! on one log.
 
 use std::{
+    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -12,11 +19,22 @@ use ordo_api::v1::{
     admin_service_client::AdminServiceClient, consumer_service_client::ConsumerServiceClient,
     event_service_client::EventServiceClient, order_service_client::OrderServiceClient,
 };
-use ordo_server::{ServerConfig, auth::Auth};
+use ordo_server::{ServerConfig, auth::Auth, config::StoreBackend};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    backend::{Backend, backend, nats_args, nats_config, stream_for_dir},
+    nats::NatsCluster,
+};
+
+/// How long a server on the sled log may take to accept connections.
+const SLED_START: Duration = Duration::from_secs(10);
+/// How long a server on NATS may take to serve: it creates or finds its streams and rebuilds
+/// its copy of the log from JetStream first.
+const NATS_START: Duration = Duration::from_secs(60);
 
 /// An in-process server. Dropping it cancels the server; call [`TestServer::stop`] to wait for
 /// a clean shutdown.
@@ -49,13 +67,45 @@ impl TestServer {
         Self::start_full(dir, Some(auth), configure).await
     }
 
+    /// Starts an Ordo node on a fresh data dir whose log is `stream` on `cluster`, whatever
+    /// [`backend`] says: several nodes started with the same stream share one log.
+    pub async fn start_nats_node(
+        stream: &str,
+        cluster: &NatsCluster,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = StoreBackend::Nats(nats_config(cluster, stream));
+        Self::start_on(dir, None, store, configure).await
+    }
+
     async fn start_full(
         dir: TempDir,
         auth: Option<Auth>,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        let store = match backend() {
+            Backend::Sled => StoreBackend::Sled,
+            Backend::Nats => StoreBackend::Nats(nats_config(
+                NatsCluster::shared(),
+                &stream_for_dir(dir.path()),
+            )),
+        };
+        Self::start_on(dir, auth, store, configure).await
+    }
+
+    /// `store` is set before `configure` runs, so a test may still change it.
+    async fn start_on(
+        dir: TempDir,
+        auth: Option<Auth>,
+        store: StoreBackend,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig::new(dir.path());
+        config.store = store;
         configure(&mut config);
+        // On NATS, wait for an answer over gRPC, not just a connection (see `wait_ready`).
+        let probe = matches!(config.store, StoreBackend::Nats(_)) && config.tls.is_none();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
@@ -69,13 +119,13 @@ impl TestServer {
             )),
             None => tokio::spawn(ordo_server::run(listener, config, shutdown.clone())),
         };
-        let server = Self {
+        let mut server = Self {
             addr,
             dir,
             shutdown,
             handle: Some(handle),
         };
-        server.wait_ready().await;
+        server.wait_ready(probe).await;
         server
     }
 
@@ -121,9 +171,23 @@ impl TestServer {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+    /// The listener is bound before the server starts, so a connection only proves that. On
+    /// NATS, where opening the log takes a while, `probe` also waits for a gRPC answer, so
+    /// that a test's timings do not include the start (the probe is a health check, which
+    /// a test counting gRPC calls in metrics would see; none of those runs on NATS). Fails at
+    /// once, with the server's error, if the server task ends during start-up.
+    async fn wait_ready(&mut self, probe: bool) {
+        let deadline = Instant::now() + if probe { NATS_START } else { SLED_START };
+        loop {
+            if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self.handle.take().expect("handle").await;
+                panic!("the server stopped while starting: {result:?}");
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && (!probe || answers_grpc(&self.url()).await)
+            {
+                return;
+            }
             assert!(Instant::now() < deadline, "server did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -160,6 +224,33 @@ pub fn server_binary() -> PathBuf {
     binary
 }
 
+/// Whether a plaintext server at `url` answers a gRPC call (any status the server itself sends
+/// counts, e.g. UNAUTHENTICATED without a token); a transport failure or no answer within 2 s
+/// does not.
+async fn answers_grpc(url: &str) -> bool {
+    let call = async {
+        let channel = Channel::from_shared(url.to_string())
+            .expect("url")
+            .connect()
+            .await
+            .ok()?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        Some(
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await,
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Some(Ok(_))) => true,
+        Ok(Some(Err(status))) => !matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        Ok(None) | Err(_) => false,
+    }
+}
+
 /// An `ordo-server` child process, for tests that kill or restart the real binary.
 pub struct ChildServer {
     pub addr: SocketAddr,
@@ -169,7 +260,42 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts the binary on `data_dir` at a free port (or `port` to reuse one after a restart).
+    /// On the NATS [`backend`], its log is the stream named after `data_dir` on the shared
+    /// cluster, so a restart on the same dir serves the same log.
     pub async fn start(data_dir: &Path, port: Option<u16>, extra_args: &[&str]) -> Self {
+        let mut args: Vec<OsString> = extra_args.iter().map(OsString::from).collect();
+        if backend() == Backend::Nats {
+            args.extend(
+                nats_args(NatsCluster::shared(), &stream_for_dir(data_dir))
+                    .into_iter()
+                    .map(OsString::from),
+            );
+        }
+        Self::spawn(data_dir, port, args).await
+    }
+
+    /// Starts the binary on `data_dir` with `stream` on `cluster` as its log, whatever
+    /// [`backend`] says: several children given the same stream share one log.
+    pub async fn start_nats(
+        data_dir: &Path,
+        port: Option<u16>,
+        cluster: &NatsCluster,
+        stream: &str,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut args: Vec<OsString> = extra_args.iter().map(OsString::from).collect();
+        args.extend(nats_args(cluster, stream).into_iter().map(OsString::from));
+        Self::spawn(data_dir, port, args).await
+    }
+
+    async fn spawn(data_dir: &Path, port: Option<u16>, args: Vec<OsString>) -> Self {
+        let nats = args
+            .windows(2)
+            .any(|pair| pair[0] == "--store" && pair[1] == "nats")
+            || args.iter().any(|a| a == "--store=nats");
+        let tls = args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--tls-cert"));
         let port = port.unwrap_or_else(free_port);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let child = Command::new(server_binary())
@@ -177,7 +303,7 @@ impl ChildServer {
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra_args)
+            .args(args)
             // ORDO_TEST_LOG=info shows the server's logs (tracing writes to stdout).
             .env(
                 "RUST_LOG",
@@ -191,17 +317,26 @@ impl ChildServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ordo-server");
-        let server = Self {
+        let mut server = Self {
             addr,
             data_dir: data_dir.to_path_buf(),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        // As for TestServer: on NATS, wait for a gRPC answer, not just a connection.
+        let probe = nats && !tls;
+        let deadline = Instant::now() + if nats { NATS_START } else { 2 * SLED_START };
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("ordo-server exited while starting: {status}");
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && (!probe || answers_grpc(&server.url()).await)
+            {
+                return server;
+            }
             assert!(Instant::now() < deadline, "ordo-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        server
     }
 
     pub fn url(&self) -> String {
