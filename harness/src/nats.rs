@@ -192,6 +192,28 @@ impl NatsCluster {
     }
 
     /// A JetStream context on [`NatsCluster::client`].
+    /// The index of the node that leads `stream` (node i is named `ordo-test-<i>`), so a
+    /// failover test can kill the leader, the case that makes JetStream elect a new one.
+    pub async fn leader_of(&self, stream: &str) -> usize {
+        let mut stream = self
+            .jetstream()
+            .await
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        let info = stream.info().await.expect("stream info");
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.leader.clone())
+            .expect("a clustered stream has a leader");
+        leader
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .expect("leader named ordo-test-<i>")
+    }
+
     pub async fn jetstream(&self) -> jetstream::Context {
         jetstream::new(self.client().await)
     }

@@ -42,6 +42,8 @@ use super::{
 const QUEUE_DEPTH: usize = 4096;
 /// The one sled tree everything lives in.
 pub(super) const TREE: &str = "log";
+/// Longest `expire_idempotency` waits for the applier before sweeping what sled has.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Times `delete_stream` retries when an append to the stream races it.
 const DELETE_ATTEMPTS: usize = 5;
 
@@ -560,6 +562,13 @@ impl EventLog for SledLog {
     }
 
     fn expire_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        // The sweep reads sled only: first let the applier bring in every claim acknowledged
+        // so far (a copy rebuilt from JetStream at start holds them all in the journal).
+        let committed = self.progress.committed_lsn();
+        let deadline = std::time::Instant::now() + APPLY_WAIT;
+        while self.progress.applied().lsn < committed && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
         // Straight to sled, outside the journal: an expiry lost in a crash is simply redone.
         let _maintenance = self.maintenance();
         let tree = &self.view.tree;

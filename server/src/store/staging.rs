@@ -135,6 +135,16 @@ impl Group {
         if mode == Mode::Replicated {
             return self.stage_replicated(store, batch);
         }
+        self.stage_at(store, batch, unix_ms())
+    }
+
+    /// [`Mode::Append`] with `now` as the time ids and idempotency claims are stamped with.
+    fn stage_at(
+        &mut self,
+        store: &Stores,
+        batch: AppendBatch,
+        now: u64,
+    ) -> Result<AppendOutcome, StoreError> {
         if let Some(claim) = &batch.idempotency
             && let Some(stored) = self.claimed(store, &claim.key)?
         {
@@ -205,7 +215,6 @@ impl Group {
 
         let mut ops: Vec<Op> = Vec::with_capacity(4);
         let mut positions = Vec::with_capacity(batch.events.len());
-        let now = unix_ms();
         let mut offset = self.head;
         for mut event in batch.events {
             offset += 1;
@@ -252,7 +261,6 @@ impl Group {
             });
         }
         if let Some(claim) = &batch.idempotency {
-            let now = unix_ms();
             ops.push(put(
                 keys::idempotency(&claim.key),
                 codec::encode_idempotency(&claim.fingerprint, now, &projection.response),
@@ -318,7 +326,16 @@ impl Group {
         batch.idempotency = claim;
         batch.index_ids = fresh_ids;
         batch.expected_versions.clear();
-        self.stage(store, batch, Mode::Append)
+        // Claims are stamped with the append's own time, not with when this copy applied it,
+        // so that idempotency keys expire at the same moment on every copy.
+        let accepted = batch
+            .events
+            .first()
+            .and_then(|event| event.time)
+            .and_then(|time| u64::try_from(time.seconds).ok().map(|s| (s, time.nanos)))
+            .map(|(seconds, nanos)| seconds * 1000 + u64::from(nanos.unsigned_abs()) / 1_000_000)
+            .unwrap_or_else(unix_ms);
+        self.stage_at(store, batch, accepted)
     }
 
     fn version(&self, store: &Stores, stream_id: &str) -> Result<u64, StoreError> {

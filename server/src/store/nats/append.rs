@@ -8,9 +8,11 @@ use async_nats::{Client, HeaderMap, jetstream};
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{Mutex, watch};
+use tracing::warn;
 
 use super::{
     super::{AppendBatch, AppendOutcome, EventLog, Position, RawEvent, SledLog, StoreError},
+    follower::Kick,
     headers,
     names::Names,
     nats_error,
@@ -21,6 +23,12 @@ use super::{
 const MAX_ATTEMPTS: usize = 8;
 /// How long an append waits for this node's copy to show what JetStream acknowledged.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+/// Pause before asking again when a twin append is being stored.
+const TWIN_PAUSE: Duration = Duration::from_millis(10);
+/// Appends slower than this are logged, with the step that took the time.
+const SLOW: Duration = Duration::from_secs(1);
+/// How long the copy may stand still while an append waits before its consumer is kicked.
+const STALLED_AFTER: Duration = Duration::from_millis(500);
 
 /// What every append needs: the connection, the names and this node's copy.
 pub struct Shared {
@@ -29,6 +37,7 @@ pub struct Shared {
     names: Names,
     pub replica: Arc<SledLog>,
     records_applied: watch::Receiver<u64>,
+    kicks: Kicks,
     /// Serialises `enqueue_many` callers, so their batches publish in call order.
     pub order: Arc<Mutex<()>>,
 }
@@ -40,6 +49,7 @@ impl Shared {
         names: Names,
         replica: Arc<SledLog>,
         records_applied: watch::Receiver<u64>,
+        kicks: Kicks,
     ) -> Self {
         Self {
             client,
@@ -47,6 +57,7 @@ impl Shared {
             names,
             replica,
             records_applied,
+            kicks,
             order: Arc::new(Mutex::new(())),
         }
     }
@@ -56,6 +67,10 @@ impl Shared {
             return self.append_records(batch).await;
         }
         self.assign_ids(&mut batch);
+        // Whether the publish carries `Nats-Msg-Id`: dropped once JetStream calls it a
+        // duplicate of something this node's copy no longer knows (an idempotency key that
+        // expired here inside JetStream's two-minute window), since the request is then new.
+        let mut dedupe = true;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(outcome) = self.already_stored(&batch)? {
                 return Ok(outcome);
@@ -77,18 +92,29 @@ impl Shared {
                 }
                 last_subject_seq.insert(stream_id.clone(), self.last_offset(stream_id, actual)?);
             }
-            let messages = self.messages(&batch, &mut last_subject_seq)?;
+            let messages = self.messages(&batch, &mut last_subject_seq, dedupe)?;
             let count = messages.len() as u64;
-            match publish::publish(&self.client, messages).await {
+            let sent = std::time::Instant::now();
+            let published = publish::publish(&self.client, messages).await;
+            if sent.elapsed() > SLOW {
+                warn!(elapsed = ?sent.elapsed(), outcome = ?published, "slow JetStream publish");
+            }
+            match published {
                 Ok(Published::Stored { last }) => {
                     return self.stored(batch, last + 1 - count, last).await;
                 }
                 // Stored before (a retry, or a racing twin on another node): wait until this
                 // node shows it, then answer as the copy says (`already_stored`).
-                Ok(Published::Duplicate { seq }) => self.visible(seq).await?,
+                Ok(Published::Duplicate { seq }) => {
+                    self.visible(seq).await?;
+                    if self.already_stored(&batch)?.is_none() {
+                        dedupe = false;
+                    }
+                }
                 // The stream moved since it was read: read again; the version check then
                 // tells a real conflict from a stale read.
                 Err(Refused::WrongLastSequence) => self.catch_up().await?,
+                Err(Refused::TwinInProcess) => tokio::time::sleep(TWIN_PAUSE).await,
                 Err(Refused::Other(err)) => return Err(err),
             }
         }
@@ -117,7 +143,11 @@ impl Shared {
         first: u64,
         last: u64,
     ) -> Result<AppendOutcome, StoreError> {
+        let acked = std::time::Instant::now();
         self.visible(last).await?;
+        if acked.elapsed() > SLOW {
+            warn!(elapsed = ?acked.elapsed(), offset = last, "this node's copy was slow to show an acknowledged append");
+        }
         let positions = self.positions(first, last)?;
         let response = batch
             .project
@@ -196,6 +226,7 @@ impl Shared {
         &self,
         batch: &AppendBatch,
         last_subject_seq: &mut BTreeMap<String, u64>,
+        dedupe: bool,
     ) -> Result<Vec<Outgoing>, StoreError> {
         let count = batch.events.len();
         let mut messages = Vec::with_capacity(count);
@@ -208,19 +239,16 @@ impl Shared {
                     seq.to_string().as_str(),
                 );
             }
-            if i == 0 {
-                if let Some(claim) = &batch.idempotency {
-                    headers.insert(headers::IDEMPOTENCY_KEY, claim.key.as_str());
-                    headers.insert(
-                        headers::IDEMPOTENCY_FINGERPRINT,
-                        hex::encode(claim.fingerprint).as_str(),
-                    );
-                }
-                if batch.index_ids {
-                    headers.insert(headers::INDEX_IDS, "1");
-                }
+            if i == 0
+                && let Some(claim) = &batch.idempotency
+            {
+                headers.insert(headers::IDEMPOTENCY_KEY, claim.key.as_str());
+                headers.insert(
+                    headers::IDEMPOTENCY_FINGERPRINT,
+                    hex::encode(claim.fingerprint).as_str(),
+                );
             }
-            if count == 1 {
+            if count == 1 && dedupe {
                 let msg_id = match &batch.idempotency {
                     Some(claim) => format!("idempotency:{}", claim.key),
                     None => format!("event:{}", event.id),
@@ -264,17 +292,8 @@ impl Shared {
 
     /// Waits until this node's copy holds offset `offset`.
     pub(super) async fn visible(&self, offset: u64) -> Result<(), StoreError> {
-        let mut head = self.replica.watch_head();
-        tokio::time::timeout(VISIBLE_WITHIN, head.wait_for(|head| *head >= offset))
-            .await
-            .map_err(|_| {
-                StoreError::Nats(format!(
-                    "offset {offset} is stored in JetStream but this node has not applied it within {} s",
-                    VISIBLE_WITHIN.as_secs()
-                ))
-            })?
-            .map_err(|_| StoreError::Closed)?;
-        Ok(())
+        let head = self.replica.watch_head();
+        applied(head, offset, &self.kicks.events, "offset").await
     }
 
     /// Waits until this node's copy holds everything the log held when called.
@@ -345,6 +364,9 @@ impl Shared {
                     response: projection.response,
                 })
             }
+            Err(Refused::TwinInProcess) => Err(StoreError::Nats(
+                "JetStream refused a records write as a duplicate it did not carry".into(),
+            )),
             Err(Refused::WrongLastSequence) => Err(StoreError::Nats(
                 "JetStream refused a records write with a sequence check it did not carry".into(),
             )),
@@ -353,16 +375,46 @@ impl Shared {
     }
 
     async fn records_visible(&self, seq: u64) -> Result<(), StoreError> {
-        let mut applied = self.records_applied.clone();
-        tokio::time::timeout(VISIBLE_WITHIN, applied.wait_for(|applied| *applied >= seq))
+        let applied_rx = self.records_applied.clone();
+        applied(applied_rx, seq, &self.kicks.records, "records sequence").await
+    }
+}
+
+/// The followers' kick handles (see [`Kick`]).
+#[derive(Clone, Default)]
+pub struct Kicks {
+    pub events: Kick,
+    pub records: Kick,
+}
+
+/// Waits until `progress` reaches `target`, kicking the follower whenever it stands still for
+/// [`STALLED_AFTER`]; gives up after [`VISIBLE_WITHIN`].
+async fn applied(
+    mut progress: watch::Receiver<u64>,
+    target: u64,
+    kick: &Kick,
+    what: &str,
+) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + VISIBLE_WITHIN;
+    loop {
+        let before = *progress.borrow();
+        let waited = tokio::time::timeout(STALLED_AFTER, progress.wait_for(|at| *at >= target))
             .await
-            .map_err(|_| {
-                StoreError::Nats(format!(
-                    "records sequence {seq} is stored in JetStream but this node has not applied it within {} s",
+            .map(|reached| reached.is_ok());
+        match waited {
+            Ok(true) => return Ok(()),
+            Ok(false) => return Err(StoreError::Closed),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(StoreError::Nats(format!(
+                    "{what} {target} is stored in JetStream but this node has not applied it within {} s",
                     VISIBLE_WITHIN.as_secs()
-                ))
-            })?
-            .map_err(|_| StoreError::Closed)?;
-        Ok(())
+                )));
+            }
+            Err(_) => {
+                if *progress.borrow() == before {
+                    kick.notify_waiters();
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,11 @@
 //! an ordered consumer per stream, applied in chunks through the replica's replicated path, so
 //! every node has the same offsets, stream versions and records, and serves reads locally.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
     self,
@@ -28,6 +32,15 @@ use super::{
 const CHUNK: usize = 1024;
 /// Pause before re-creating a consumer after the connection or the stream failed.
 const RETRY: Duration = Duration::from_millis(250);
+
+/// Asks a follower to re-create its consumer: appends that JetStream acknowledged wait for
+/// this node's copy, and a consumer left behind by a stream leader change can sit silent for
+/// seconds before the client library notices.
+/// Kicks are `notify_waiters`: they reach a follower waiting for messages, never one busy
+/// applying (that one is making progress).
+pub type Kick = Arc<tokio::sync::Notify>;
+/// See [`next_chunk`].
+const KICK_GRACE: Duration = Duration::from_secs(1);
 
 /// Derives the records an event implies (the order projection, ...) from the event and the
 /// records as the events before it left them. Every node runs it on every event, in log
@@ -66,13 +79,14 @@ pub async fn follow_events(
     names: Names,
     replica: Arc<SledLog>,
     derive: Arc<dyn Derive>,
+    kick: Kick,
     stop: CancellationToken,
 ) {
     loop {
         let start = replica.head() + 1;
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = events_from(&js, &names, &replica, derive.as_ref(), start) => result,
+            result = events_from(&js, &names, &replica, derive.as_ref(), &kick, start) => result,
         };
         match result {
             Err(StoreError::Nats(reason)) => {
@@ -98,6 +112,7 @@ async fn events_from(
     names: &Names,
     replica: &SledLog,
     derive: &dyn Derive,
+    kick: &Kick,
     start: u64,
 ) -> Result<(), StoreError> {
     let mut messages = ordered(js, &names.events_stream, start)
@@ -106,8 +121,9 @@ async fn events_from(
     // Events of a multi-event append wait here until its last one arrives, so the replica
     // stores the append whole.
     let mut open: Option<AppendBatch> = None;
+    let created = Instant::now();
     let mut next = start;
-    while let Some(chunk) = messages.next().await {
+    while let Some(chunk) = next_chunk(&mut messages, kick, created).await? {
         let mut overlay = Overlay {
             replica,
             written: HashMap::new(),
@@ -150,7 +166,10 @@ async fn events_from(
                 idempotency: header
                     .claim
                     .map(|(key, fingerprint)| IdempotencyClaim { key, fingerprint }),
-                index_ids: header.index_ids,
+                // Every id is indexed (not only client-chosen ones, as with sled): ids chosen
+                // by a node are plain ULIDs that do not name their offset, and a client may
+                // resend one it was given.
+                index_ids: true,
                 project: None,
             });
             batch.events.push(event);
@@ -192,13 +211,14 @@ pub async fn follow_records(
     names: Names,
     replica: Arc<SledLog>,
     applied: watch::Sender<u64>,
+    kick: Kick,
     stop: CancellationToken,
 ) {
     loop {
         let start = *applied.borrow() + 1;
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = records_from(&js, &names, &replica, &applied, start) => result,
+            result = records_from(&js, &names, &replica, &applied, &kick, start) => result,
         };
         match result {
             Err(StoreError::Nats(reason)) => {
@@ -222,13 +242,15 @@ async fn records_from(
     names: &Names,
     replica: &SledLog,
     applied: &watch::Sender<u64>,
+    kick: &Kick,
     start: u64,
 ) -> Result<(), StoreError> {
     let mut messages = ordered(js, &names.records_stream, start)
         .await?
         .ready_chunks(CHUNK);
+    let created = Instant::now();
     let mut open: Vec<RecordWrite> = Vec::new();
-    while let Some(chunk) = messages.next().await {
+    while let Some(chunk) = next_chunk(&mut messages, kick, created).await? {
         let mut writes = Vec::new();
         let mut last = None;
         for message in chunk {
@@ -261,6 +283,29 @@ async fn records_from(
         applied.send_replace(last);
     }
     Err(StoreError::Nats("the records consumer ended".into()))
+}
+
+/// The next chunk of messages, or an error when kicked while waiting for one (never while a
+/// chunk is being applied: the copy's head must be settled when the consumer is re-created).
+/// A consumer younger than [`KICK_GRACE`] is left alone: it needs a moment to deliver, and
+/// kicks that piled up while the old one hung must not re-create the new one at once.
+async fn next_chunk<S: futures::Stream + Unpin>(
+    messages: &mut S,
+    kick: &Kick,
+    created: Instant,
+) -> Result<Option<S::Item>, StoreError> {
+    loop {
+        tokio::select! {
+            chunk = messages.next() => return Ok(chunk),
+            () = kick.notified() => {
+                if created.elapsed() >= KICK_GRACE {
+                    return Err(StoreError::Nats(
+                        "appends are waiting for messages this consumer has not delivered; re-creating it".into(),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// An ordered consumer from `start`: JetStream re-creates it on a gap or a lost connection,

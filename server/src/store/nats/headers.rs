@@ -11,8 +11,6 @@ pub const DELETE: &str = "Ordo-Delete";
 /// SHA-256 of the request that claimed it.
 pub const IDEMPOTENCY_KEY: &str = "Ordo-Idempotency-Key";
 pub const IDEMPOTENCY_FINGERPRINT: &str = "Ordo-Idempotency-Fingerprint";
-/// On the first event of an append whose event ids the client chose: index them.
-pub const INDEX_IDS: &str = "Ordo-Index-Ids";
 
 /// What the headers of one message say.
 #[derive(Debug, Default)]
@@ -20,7 +18,6 @@ pub struct Read {
     pub left: u64,
     pub delete: bool,
     pub claim: Option<(String, [u8; 32])>,
-    pub index_ids: bool,
 }
 
 pub fn read(headers: Option<&HeaderMap>) -> Read {
@@ -39,6 +36,5 @@ pub fn read(headers: Option<&HeaderMap>) -> Read {
         left: text(LEFT).and_then(|v| v.parse().ok()).unwrap_or(0),
         delete: headers.get(DELETE).is_some(),
         claim,
-        index_ids: headers.get(INDEX_IDS).is_some(),
     }
 }

@@ -106,12 +106,14 @@ impl NatsLog {
 
         let stop = CancellationToken::new();
         let (records_tx, records_rx) = watch::channel(0);
+        let kicks = append::Kicks::default();
         let tasks = vec![
             tokio::spawn(follower::follow_events(
                 js.clone(),
                 names.clone(),
                 replica.clone(),
                 derive,
+                kicks.events.clone(),
                 stop.clone(),
             )),
             tokio::spawn(follower::follow_records(
@@ -119,6 +121,7 @@ impl NatsLog {
                 names.clone(),
                 replica.clone(),
                 records_tx,
+                kicks.records.clone(),
                 stop.clone(),
             )),
         ];
@@ -129,6 +132,7 @@ impl NatsLog {
             names,
             replica,
             records_rx,
+            kicks,
         ));
         let log = Arc::new(Self {
             shared,

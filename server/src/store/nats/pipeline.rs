@@ -53,7 +53,7 @@ impl Shared {
                 }
             }
             // One event, so one message.
-            let message = match self.messages(&batch, &mut Default::default()) {
+            let message = match self.messages(&batch, &mut Default::default(), true) {
                 Ok(mut messages) => messages.pop(),
                 Err(err) => {
                     self.settle(&mut in_flight, &mut outcomes).await;

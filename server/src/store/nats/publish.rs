@@ -8,8 +8,11 @@ use serde::Deserialize;
 
 use super::super::StoreError;
 
-/// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence` check: with the
+/// sequence found (10071), and without it (10164, what a clustered stream answers).
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
+/// A message with the same `Nats-Msg-Id` is being stored right now (a racing twin).
+const DUPLICATE_IN_PROCESS: u64 = 10158;
 
 /// One message to publish.
 pub struct Outgoing {
@@ -32,6 +35,9 @@ pub enum Published {
 pub enum Refused {
     /// An expected-last-subject-sequence check failed: the stream moved on since it was read.
     WrongLastSequence,
+    /// A twin with the same `Nats-Msg-Id` is being stored: ask again in a moment, and it is a
+    /// duplicate of that one.
+    TwinInProcess,
     Other(StoreError),
 }
 
@@ -98,8 +104,11 @@ fn parse_ack(payload: &[u8]) -> Result<Published, Refused> {
         )))
     })?;
     if let Some(error) = ack.error {
-        if error.err_code == WRONG_LAST_SEQUENCE {
+        if WRONG_LAST_SEQUENCE.contains(&error.err_code) {
             return Err(Refused::WrongLastSequence);
+        }
+        if error.err_code == DUPLICATE_IN_PROCESS {
+            return Err(Refused::TwinInProcess);
         }
         return Err(Refused::Other(StoreError::Nats(format!(
             "JetStream refused the append: {} (code {})",
@@ -134,6 +143,12 @@ mod tests {
         );
         assert!(matches!(
             parse_ack(br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"}}"#),
+            Err(Refused::WrongLastSequence)
+        ));
+        assert!(matches!(
+            parse_ack(
+                br#"{"error":{"code":400,"err_code":10164,"description":"wrong last sequence"}}"#
+            ),
             Err(Refused::WrongLastSequence)
         ));
         assert!(matches!(

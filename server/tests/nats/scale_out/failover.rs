@@ -73,7 +73,8 @@ async fn failover_kill_nats_node_and_ordo_node() {
     };
     a_dead.store(true, Ordering::SeqCst);
     let killed_at = Instant::now();
-    cluster.kill9(0);
+    // The stream's leader: the harder case, since JetStream must elect a new one.
+    cluster.kill9(cluster.leader_of("FAILOVER").await);
     node_a.kill9();
 
     // Keep the load on B for 3 s after the first append acknowledged after the kills: a new
