@@ -88,3 +88,23 @@ pub fn nats_args(cluster: &NatsCluster, stream: &str) -> Vec<String> {
         config.replicas.to_string(),
     ]
 }
+
+/// For tests of what the nats store does not offer (retention, `DeleteStream`; see
+/// docs/scale-out.md): true, with a note on stderr, when running on it, and the test returns.
+/// The nats suite checks separately that those calls are refused.
+pub fn unsupported_on_nats(what: &str) -> bool {
+    let skip = backend() == Backend::Nats;
+    if skip {
+        eprintln!("not run on the nats store: {what} is not available there");
+    }
+    skip
+}
+
+/// For a test whose timing the nats store cannot meet, with the reason on stderr (true on it).
+pub fn timing_differs_on_nats(why: &str) -> bool {
+    let skip = backend() == Backend::Nats;
+    if skip {
+        eprintln!("not run on the nats store: {why}");
+    }
+    skip
+}

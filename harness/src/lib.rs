@@ -21,6 +21,6 @@ pub mod receiver;
 pub mod server;
 pub mod tokens;
 
-pub use backend::{Backend, backend};
+pub use backend::{Backend, backend, timing_differs_on_nats, unsupported_on_nats};
 pub use nats::NatsCluster;
 pub use server::{ChildServer, TestServer, free_port, server_binary};

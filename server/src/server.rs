@@ -31,6 +31,9 @@ use crate::{
     workers::{Workers, WorkersError},
 };
 
+/// How long a node on the nats store waits at start to learn where webhooks and consumer
+/// groups run (here or elsewhere) before it serves anyway.
+const WORKERS_SETTLE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open calls to finish before closing their connections.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -158,13 +161,16 @@ async fn serve(
                 .advertise_addr
                 .clone()
                 .unwrap_or(listener.local_addr()?.to_string());
-            let lease = nats.campaign(advertise).await?;
-            Workers::leased(
+            let lease = nats.campaign(advertise.clone()).await?;
+            let workers = Workers::leased(
                 log.clone(),
                 config.webhooks.clone(),
                 lease,
+                advertise,
                 shutdown.clone(),
-            )
+            );
+            workers.settled(WORKERS_SETTLE).await;
+            workers
         }
     };
     let webhooks = WebhookServiceServer::new(WebhookApi::new(workers.clone()))

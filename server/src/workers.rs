@@ -22,6 +22,8 @@ use crate::{
 pub struct Workers {
     current: Arc<RwLock<Option<Running>>>,
     lease: Option<watch::Receiver<LeaseState>>,
+    /// How this node is named in the lease (its advertised address).
+    me: String,
     task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -51,20 +53,23 @@ impl Workers {
         Ok(Self {
             current: Arc::new(RwLock::new(Some(running))),
             lease: None,
+            me: String::new(),
             task: Arc::default(),
         })
     }
 
-    /// Runs both here while `lease` says this node holds it.
+    /// Runs both here while `lease` says this node (advertised as `me`) holds it.
     pub fn leased(
         log: SharedLog,
         config: WebhookConfig,
         lease: watch::Receiver<LeaseState>,
+        me: String,
         shutdown: CancellationToken,
     ) -> Self {
         let workers = Self {
             current: Arc::default(),
             lease: Some(lease.clone()),
+            me,
             task: Arc::default(),
         };
         let task = tokio::spawn(follow_lease(
@@ -78,6 +83,36 @@ impl Workers {
             *slot = Some(task);
         }
         workers
+    }
+
+    /// Waits (at most `within`) until this node knows where the workers run: here, started,
+    /// or on another node. A lone node then serves webhook and group calls from its first call
+    /// on instead of answering UNAVAILABLE while it takes the lease. A lease held under this
+    /// node's own address is its previous life's (killed before it could hand over): it is
+    /// waited out, since it expires within the lease's TTL.
+    pub async fn settled(&self, within: std::time::Duration) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let current = self.current.clone();
+        let mut lease = lease.clone();
+        let me = self.me.clone();
+        let wait = async move {
+            loop {
+                let elsewhere = {
+                    let state = lease.borrow_and_update();
+                    !state.mine && state.holder.as_ref().is_some_and(|holder| *holder != me)
+                };
+                let here = current.read().map(|slot| slot.is_some()).unwrap_or(false);
+                if here || elsewhere {
+                    return;
+                }
+                // Starting here takes a moment after the lease: poll briefly for that.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(20), lease.changed())
+                    .await;
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     pub fn webhooks(&self) -> Result<Webhooks, OrdoError> {

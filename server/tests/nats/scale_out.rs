@@ -25,7 +25,7 @@ mod failover;
 const CONVERGE: Duration = Duration::from_secs(5);
 
 /// A JetStream stream name no other test of this process uses.
-fn fresh_stream(tag: &str) -> String {
+pub(crate) fn fresh_stream(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("SCALE_{tag}_{}_{n}", std::process::id())

@@ -14,6 +14,9 @@ use super::*;
 
 #[tokio::test]
 async fn events_retention_removed_are_skipped_and_counted() {
+    if ordo_test_harness::unsupported_on_nats("retention") {
+        return;
+    }
     let server = TestServer::start_with(|cfg| {
         cfg.retention.max_age = Some(Duration::from_millis(800));
         cfg.retention.interval = Duration::from_secs(3600);
@@ -66,6 +69,9 @@ async fn events_retention_removed_are_skipped_and_counted() {
 
 #[tokio::test]
 async fn events_of_a_deleted_stream_are_never_delivered() {
+    if ordo_test_harness::unsupported_on_nats("DeleteStream") {
+        return;
+    }
     let server = TestServer::start().await;
     let mut events = server.events().await;
     let mut consumers = server.consumers().await;

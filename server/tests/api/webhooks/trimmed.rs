@@ -9,6 +9,9 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_removed_before_delivery_are_recorded_then_skipped() {
+    if ordo_test_harness::unsupported_on_nats("retention") {
+        return;
+    }
     let server = TestServer::start_with(|cfg| {
         // The second attempt would come an hour later: retention gets there first.
         fast(cfg, &[3_600_000]);
@@ -107,6 +110,9 @@ async fn events_removed_before_delivery_are_recorded_then_skipped() {
 
 #[tokio::test]
 async fn a_deleted_stream_is_not_delivered_even_mid_retry() {
+    if ordo_test_harness::unsupported_on_nats("DeleteStream") {
+        return;
+    }
     let server = TestServer::start_with(|cfg| fast(cfg, &[50, 50, 50, 50, 50, 50, 50, 50])).await;
     let receiver = Receiver::start().await;
     receiver.set_default(reply(503));
