@@ -128,6 +128,7 @@ async fn open_log(config: &ServerConfig) -> Result<(SharedLog, Option<Arc<NatsLo
                 )));
             }
             let log = NatsLog::open(nats, &config.data_dir, Arc::new(OrderProjection)).await?;
+            log.check_max_payload(config.limits.max_payload_bytes);
             Ok((log.clone(), Some(log)))
         }
     }

@@ -103,3 +103,28 @@ async fn retention_a_bad_stream_name_and_a_deletable_stream_stop_the_start() {
     let err = start_error(nats_config(dir.path(), "UNSUPPORTED_DELETABLE")).await;
     assert!(err.contains("allows deletes or purges"), "{err}");
 }
+
+#[tokio::test]
+async fn an_event_over_the_nats_max_payload_is_refused_before_anything_is_sent() {
+    // The test cluster takes 8 MiB messages; let Ordo accept a 9 MiB event so NATS is the limit.
+    let server = TestServer::start_with(|cfg| {
+        cfg.limits.max_payload_bytes = 10 * 1024 * 1024;
+        cfg.limits.max_message_bytes = 16 * 1024 * 1024;
+    })
+    .await;
+    let mut events = server.events().await;
+    let mut big = new_event("big", "t.big");
+    big.data = vec![b'x'; 9 * 1024 * 1024];
+    let refused = events
+        .publish(publish_req(vec![new_event("small", "t.small"), big]))
+        .await;
+    assert_status(
+        refused,
+        Code::FailedPrecondition,
+        "over the 8388608 bytes the NATS server takes in one message",
+    );
+    assert!(
+        read_all(&mut events).await.is_empty(),
+        "nothing of the append was stored"
+    );
+}

@@ -23,6 +23,8 @@ use super::{
 const MAX_ATTEMPTS: usize = 8;
 /// How long an append waits for this node's copy to show what JetStream acknowledged.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+/// Room kept for a message's headers when checking its size against `max_payload`.
+const HEADER_ROOM: usize = 1024;
 /// Pause before asking again when a twin append is being stored.
 const TWIN_PAUSE: Duration = Duration::from_millis(10);
 /// Appends slower than this are logged, with the step that took the time.
@@ -93,6 +95,7 @@ impl Shared {
                 last_subject_seq.insert(stream_id.clone(), self.last_offset(stream_id, actual)?);
             }
             let messages = self.messages(&batch, &mut last_subject_seq, dedupe)?;
+            self.check_sizes(&messages)?;
             let count = messages.len() as u64;
             let sent = std::time::Instant::now();
             let published = publish::publish(&self.client, messages).await;
@@ -130,6 +133,27 @@ impl Shared {
                 event.id = ulid::Ulid::new().to_string();
             }
         }
+    }
+
+    /// Refuses (FAILED_PRECONDITION) a message the NATS server would refuse, before any of an
+    /// append is sent; NATS would only say so after the fact, as a failed request.
+    pub(super) fn check_sizes(&self, messages: &[Outgoing]) -> Result<(), StoreError> {
+        let max = self.max_payload();
+        for message in messages {
+            let size = message.payload.len() + HEADER_ROOM;
+            if max > 0 && size > max {
+                return Err(StoreError::Unsupported(format!(
+                    "an event of this append is {} bytes encoded, over the {max} bytes the NATS server takes in one message (its max_payload); raise max_payload in the NATS config or send smaller events",
+                    message.payload.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest message the NATS server takes.
+    pub(super) fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
     }
 
     pub(super) fn js(&self) -> &jetstream::Context {

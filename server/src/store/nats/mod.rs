@@ -37,6 +37,8 @@ use super::{
 };
 use crate::config::NatsConfig;
 
+/// Headers and event fields around a payload, at most (ids, types, metadata are bounded).
+const ENVELOPE_ROOM: usize = 64 * 1024;
 /// How long start-up waits for this node's copy to reach the log's head before serving.
 const CATCH_UP_AT_START: Duration = Duration::from_secs(120);
 
@@ -175,6 +177,21 @@ impl NatsLog {
             self.stop.clone(),
         )
         .await
+    }
+
+    /// Warns when the NATS server's `max_payload` is below the largest event Ordo accepts (plus
+    /// room for its envelope): such appends would then fail at JetStream. NATS defaults to
+    /// 1 MiB, Ordo's `--max-payload-bytes` too.
+    pub fn check_max_payload(&self, max_event_payload: usize) {
+        let max_payload = self.shared.max_payload();
+        let needed = max_event_payload + ENVELOPE_ROOM;
+        if max_payload < needed {
+            tracing::warn!(
+                max_payload,
+                needed,
+                "the NATS server's max_payload is below Ordo's largest event (--max-payload-bytes) plus its envelope: raise max_payload in the NATS config or lower --max-payload-bytes, or appends that large will be refused"
+            );
+        }
     }
 
     fn replica(&self) -> &SledLog {

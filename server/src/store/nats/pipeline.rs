@@ -64,6 +64,11 @@ impl Shared {
             let Some(message) = message else {
                 continue;
             };
+            if let Err(err) = self.check_sizes(std::slice::from_ref(&message)) {
+                self.settle(&mut in_flight, &mut outcomes).await;
+                outcomes.push(Err(err));
+                continue;
+            }
             match self
                 .js()
                 .publish_with_headers(message.subject, message.headers, message.payload)
