@@ -24,7 +24,7 @@ const APPENDERS: usize = 4;
 /// How long an append or a subscriber may make no progress before the test fails.
 const STALL: Duration = Duration::from_secs(60);
 
-/// Acknowledged positions by event id, and when each was acknowledged.
+/// Acknowledged positions by event id, and when each was first sent.
 type Acked = Arc<Mutex<HashMap<String, (EventPosition, Instant)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -77,22 +77,25 @@ async fn failover_kill_nats_node_and_ordo_node() {
     cluster.kill9(cluster.leader_of("FAILOVER").await);
     node_a.kill9();
 
-    // Keep the load on B for 3 s after the first append acknowledged after the kills: a new
-    // stream leader on NATS takes a few seconds when the killed node led it.
+    // Keep the load on B until 50 appends sent after the kills are acknowledged, then 1 s more.
+    // A new stream leader takes seconds when the killed node led it; an append or two may get
+    // through before the old leader is declared gone, so one early ack does not show recovery.
+    const RECOVERED: usize = 50;
     let deadline = killed_at + Duration::from_secs(30);
     let acked_since = |since: Instant| {
         let acked = acked.lock().expect("acked");
         acked.values().filter(|(_, at)| *at > since).count()
     };
-    while acked_since(killed_at) == 0 {
+    while acked_since(killed_at) < RECOVERED {
         assert!(
             Instant::now() < deadline,
-            "no append succeeded within 30 s of the kills"
+            "only {} appends sent after the kills were acknowledged within 30 s",
+            acked_since(killed_at)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recovered_after = killed_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     for appender in appenders {
         appender.await.expect("appender");
@@ -101,8 +104,8 @@ async fn failover_kill_nats_node_and_ordo_node() {
         std::mem::take(&mut *acked.lock().expect("acked"));
     let after_kill = acked.values().filter(|(_, at)| *at > killed_at).count();
     assert!(
-        after_kill >= 10,
-        "only {after_kill} appends after the kills"
+        after_kill >= RECOVERED,
+        "{after_kill} appends after the kills"
     );
 
     // B's whole log, once it serves every acknowledged event (A's reach it asynchronously).
@@ -141,8 +144,8 @@ async fn failover_kill_nats_node_and_ordo_node() {
         println!("subscriber {home}: {reconnects} reconnects");
     }
     println!(
-        "{before} appends before the kills, {after_kill} after; the first {recovered_after:?} \
-         after; {} events in all",
+        "{before} appends before the kills, {after_kill} after ({RECOVERED} of them within \
+         {recovered_after:?}); {} events in all",
         log.len()
     );
 }
@@ -174,12 +177,15 @@ async fn append_until_stopped(
     while !stop.load(Ordering::SeqCst) {
         let id = format!("w{worker}-{n}");
         let event = new_event_with_id(&format!("fo-{worker}"), "failover.tick", &id);
+        // Counted from when it was sent: an append sent before the kills and answered after
+        // them does not show that the log recovered.
+        let sent = Instant::now();
         let position = append_anywhere(&nodes, &mut turn, event, &a_dead).await;
         assert_eq!(position.id, id);
         let previous = acked
             .lock()
             .expect("acked")
-            .insert(id.clone(), (position, Instant::now()));
+            .insert(id.clone(), (position, sent));
         assert!(previous.is_none(), "{id} acknowledged twice");
         n += 1;
     }
@@ -198,6 +204,11 @@ async fn append_anywhere(
     for attempt in 1.. {
         let node = *turn % 2;
         *turn += 1;
+        if node == 0 && a_dead.load(Ordering::SeqCst) {
+            // A client that saw its node die stops calling it (each call to the dead address
+            // costs a reconnect attempt), as clients failing over do.
+            continue;
+        }
         let mut client = nodes[node].clone();
         let call = client.publish(publish_req(vec![event.clone()]));
         match tokio::time::timeout(Duration::from_secs(30), call).await {
