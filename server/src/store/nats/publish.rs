@@ -91,7 +91,7 @@ pub async fn publish(client: &Client, mut messages: Vec<Outgoing>) -> Result<Pub
         .await
         .map_err(|e| {
             Refused::Other(StoreError::Nats(format!(
-                "no answer from JetStream (the append may or may not be stored; retry with the same event ids to be safe): {e}"
+                "no answer from JetStream (the append may or may not be stored; a retry is deduplicated only if its events carry ids you chose, or the command an idempotency key): {e}"
             )))
         })?;
     parse_ack(&reply.payload)
