@@ -126,7 +126,7 @@ impl Ceiling {
     pub async fn measure(&self, clients: usize, duration: Duration) -> anyhow::Result<Row> {
         let channel = scenarios::connect(&self.addr).await?;
         let mut row = scenarios::append(
-            &channel,
+            std::slice::from_ref(&channel),
             AppendKind::Publish { batch: 1 },
             clients,
             duration,

@@ -1,6 +1,7 @@
 //! `ordo-bench`: measures Ordo the way users feel it — durable appends per second, producer to
 //! subscriber latency, catch-up speed, fan-out and scale — against a server it starts itself
-//! (release `ordo-server`, temp data dir) or one given with `--addr`.
+//! (release `ordo-server`, temp data dir) or the ones given with `--addr` (several nodes serving
+//! one log: clients and subscribers spread over them).
 //!
 //! Shapes follow the peers' published measurements (256-byte payloads, closed-loop clients at
 //! 1/16/64/256), and every append figure comes with its ceiling measured in the same run.
@@ -28,7 +29,7 @@ use tonic::transport::Channel;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench consume --events 50000 --members 1,4\n  target/release/ordo-bench metrics --clients 1,16\n  target/release/ordo-bench all --quick --json"
+    after_help = "Examples:\n  target/release/ordo-bench all\n  target/release/ordo-bench --addr http://127.0.0.1:50051,http://127.0.0.1:50052 append --clients 1,16\n  target/release/ordo-bench append --clients 1,16,64\n  target/release/ordo-bench append-stream --streams 1,16 --window 1000\n  target/release/ordo-bench catchup --events 1000000 --subscribers 1,4\n  target/release/ordo-bench consume --events 50000 --members 1,4\n  target/release/ordo-bench metrics --clients 1,16\n  target/release/ordo-bench all --quick --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -40,9 +41,11 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Global {
     /// Benchmark this running server instead of starting one (fan-out RSS and scale then need
-    /// the bench's own server and are skipped).
-    #[arg(long, global = true, env = "ORDO_BENCH_ADDR")]
-    addr: Option<String>,
+    /// the bench's own server and are skipped). Several, comma-separated (nodes serving one
+    /// log): clients and subscribers are spread over them round-robin, e2e's producer writes
+    /// to the first and its subscribers read from the others, consume uses the first.
+    #[arg(long, global = true, env = "ORDO_BENCH_ADDR", value_delimiter = ',')]
+    addr: Vec<String>,
     /// Print JSON lines instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -186,8 +189,8 @@ async fn main() -> anyhow::Result<()> {
             if let Some(disk) = &floor {
                 emit(disk);
             }
-            let (_owned, channel) = target(g).await?;
-            for row in appends(&channel, clients, duration, floor.as_ref()).await? {
+            let (_owned, channels) = target(g).await?;
+            for row in appends(&channels, clients, duration, floor.as_ref()).await? {
                 emit(&row);
             }
         }
@@ -202,39 +205,30 @@ async fn main() -> anyhow::Result<()> {
             emit(&tokio::task::spawn_blocking(move || ceiling::disk(&dir, duration)).await??);
         }
         Scenario::AppendBatch { clients, batch } => {
-            let (_owned, channel) = target(g).await?;
-            emit(&scenarios::append_batch(&channel, *clients, *batch, duration).await?);
+            let (_owned, channels) = target(g).await?;
+            emit(&scenarios::append_batch(&channels, *clients, *batch, duration).await?);
         }
         Scenario::AppendStream { streams, window } => {
-            let (owned, _channel) = target(g).await?;
-            let addr = address(g, owned.as_ref());
+            let (owned, _channels) = target(g).await?;
+            let addrs = addresses(g, owned.as_ref());
             for &s in streams {
-                emit(&scenarios::append_stream(&addr, s, *window, duration).await?);
+                emit(&scenarios::append_stream(&addrs, s, *window, duration).await?);
             }
         }
         Scenario::E2e { rate, subscribers } => {
-            let (_owned, channel) = target(g).await?;
+            let (_owned, channels) = target(g).await?;
             for &r in rate {
-                emit(
-                    &scenarios::e2e(
-                        std::slice::from_ref(&channel),
-                        r,
-                        *subscribers,
-                        duration,
-                        "e2e",
-                    )
-                    .await?,
-                );
+                emit(&e2e(&channels, r, *subscribers, duration).await?);
             }
         }
         Scenario::Catchup {
             events,
             subscribers,
         } => {
-            let (_owned, channel) = target(g).await?;
-            fill(&channel, *events).await?;
+            let (_owned, channels) = target(g).await?;
+            fill(&channels[0], *events).await?;
             for &s in subscribers {
-                emit(&scenarios::catchup(&channel, s).await?);
+                emit(&scenarios::catchup(&channels, s).await?);
             }
         }
         Scenario::Consume {
@@ -242,9 +236,9 @@ async fn main() -> anyhow::Result<()> {
             members,
             max_in_flight,
         } => {
-            let (owned, channel) = target(g).await?;
-            fill(&channel, *events).await?;
-            let addr = address(g, owned.as_ref());
+            let (owned, channels) = target(g).await?;
+            fill(&channels[0], *events).await?;
+            let addr = addresses(g, owned.as_ref()).swap_remove(0);
             for &m in members {
                 emit(&consume::run(&addr, m, *max_in_flight, CONSUME_TIMEOUT).await?);
             }
@@ -262,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
             keep_mib,
             cycles,
         } => {
-            if g.addr.is_some() {
+            if !g.addr.is_empty() {
                 anyhow::bail!(
                     "retention sets the server's flags, so it needs the bench's own server (drop --addr)"
                 );
@@ -274,9 +268,9 @@ async fn main() -> anyhow::Result<()> {
             emit(&ops::retention(&channel, *events, *cycles).await?);
         }
         Scenario::Backup { events, clients } => {
-            let (_owned, channel) = target(g).await?;
-            fill(&channel, *events).await?;
-            for row in ops::backup(&channel, *clients, duration).await? {
+            let (_owned, channels) = target(g).await?;
+            fill(&channels[0], *events).await?;
+            for row in ops::backup(&channels[0], *clients, duration).await? {
                 emit(&row);
             }
         }
@@ -286,7 +280,7 @@ async fn main() -> anyhow::Result<()> {
             scrapes,
         } => {
             anyhow::ensure!(
-                g.addr.is_none(),
+                g.addr.is_empty(),
                 "metrics starts its own servers with and without --metrics-listen (drop --addr)"
             );
             for row in
@@ -311,34 +305,31 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(disk) = &floor {
                     emit(disk);
                 }
-                let (_owned, channel) = target(g).await?;
-                for row in appends(&channel, &clients, run, floor.as_ref()).await? {
+                let (_owned, channels) = target(g).await?;
+                for row in appends(&channels, &clients, run, floor.as_ref()).await? {
                     emit(&row);
                 }
-                emit(&scenarios::append_batch(&channel, 4, 100, batch_dur).await?);
-                let addr = address(g, _owned.as_ref());
+                emit(&scenarios::append_batch(&channels, 4, 100, batch_dur).await?);
+                let addrs = addresses(g, _owned.as_ref());
                 for streams in [1, 16] {
-                    emit(&scenarios::append_stream(&addr, streams, 1000, batch_dur).await?);
+                    emit(&scenarios::append_stream(&addrs, streams, 1000, batch_dur).await?);
                 }
                 for rate in [1000, 10_000] {
-                    emit(
-                        &scenarios::e2e(std::slice::from_ref(&channel), rate, 1, run, "e2e")
-                            .await?,
-                    );
+                    emit(&e2e(&channels, rate, 1, run).await?);
                 }
             }
             {
-                let (_owned, channel) = target(g).await?;
-                fill(&channel, events).await?;
+                let (_owned, channels) = target(g).await?;
+                fill(&channels[0], events).await?;
                 for s in [1, 4] {
-                    emit(&scenarios::catchup(&channel, s).await?);
+                    emit(&scenarios::catchup(&channels, s).await?);
                 }
             }
             {
-                let (owned, channel) = target(g).await?;
+                let (owned, channels) = target(g).await?;
                 let consumed = if *quick { 5_000 } else { 50_000 };
-                fill(&channel, consumed).await?;
-                let addr = address(g, owned.as_ref());
+                fill(&channels[0], consumed).await?;
+                let addr = addresses(g, owned.as_ref()).swap_remove(0);
                 for m in [1, 4] {
                     emit(&consume::run(&addr, m, 100, CONSUME_TIMEOUT).await?);
                 }
@@ -347,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
             for row in scale(g, big).await? {
                 emit(&row);
             }
-            if g.addr.is_none() {
+            if g.addr.is_empty() {
                 let scrapes = if *quick { 5 } else { 50 };
                 for row in metrics::metrics_cost(&g.server_args, &[16], 1, run, scrapes).await? {
                     emit(&row);
@@ -361,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
 /// For each client count: the ceiling, then Publish and CreateOrder with their ratio to it. At
 /// one client, Publish also gets the floor its p50 is held to: ceiling p50 + disk p50 + 0.1 ms.
 async fn appends(
-    channel: &Channel,
+    channels: &[Channel],
     clients: &[usize],
     duration: Duration,
     disk: Option<&Row>,
@@ -372,7 +363,7 @@ async fn appends(
         let bare = echo.measure(c, duration).await?;
         for kind in [AppendKind::Publish { batch: 1 }, AppendKind::CreateOrder] {
             let mut row =
-                ceiling::against(scenarios::append(channel, kind, c, duration).await?, &bare);
+                ceiling::against(scenarios::append(channels, kind, c, duration).await?, &bare);
             if c == 1
                 && matches!(kind, AppendKind::Publish { .. })
                 && let Some(disk) = disk
@@ -389,7 +380,7 @@ async fn appends(
 
 /// The disk's fdatasync floor, when a single-client run will be held to it.
 async fn disk_floor(g: &Global, clients: &[usize]) -> anyhow::Result<Option<Row>> {
-    if !clients.contains(&1) || g.addr.is_some() {
+    if !clients.contains(&1) || !g.addr.is_empty() {
         return Ok(None);
     }
     let probe = Duration::from_secs_f64(g.duration.min(2.0));
@@ -398,24 +389,51 @@ async fn disk_floor(g: &Global, clients: &[usize]) -> anyhow::Result<Option<Row>
     Ok(Some(row))
 }
 
-/// The bench's own server (kept alive by the returned guard) or the one at `--addr`.
-async fn target(g: &Global) -> anyhow::Result<(Option<OwnedServer>, Channel)> {
-    match &g.addr {
-        Some(addr) => Ok((None, scenarios::connect(addr).await?)),
-        None => {
-            let (server, _) = OwnedServer::start(&g.server_args).await?;
-            let channel = scenarios::connect(&server.addr).await?;
-            Ok((Some(server), channel))
-        }
+/// The bench's own server (kept alive by the returned guard) or the ones at `--addr`: one
+/// channel per server, in `--addr` order (never empty).
+async fn target(g: &Global) -> anyhow::Result<(Option<OwnedServer>, Vec<Channel>)> {
+    if g.addr.is_empty() {
+        let (server, _) = OwnedServer::start(&g.server_args).await?;
+        let channel = scenarios::connect(&server.addr).await?;
+        return Ok((Some(server), vec![channel]));
+    }
+    let mut channels = Vec::with_capacity(g.addr.len());
+    for addr in &g.addr {
+        channels.push(scenarios::connect(addr).await?);
+    }
+    Ok((None, channels))
+}
+
+/// The address of the bench's own server, or those of `--addr` (never empty).
+fn addresses(g: &Global, owned: Option<&OwnedServer>) -> Vec<String> {
+    match owned {
+        Some(server) => vec![server.addr.clone()],
+        None => g.addr.clone(),
     }
 }
 
-/// The address of the bench's own server, or of `--addr`.
-fn address(g: &Global, owned: Option<&OwnedServer>) -> String {
-    owned
-        .map(|s| s.addr.clone())
-        .or_else(|| g.addr.clone())
-        .unwrap_or_default()
+/// `e2e` on one server, or across servers: the producer writes to the first and the
+/// subscribers read from the others, so the latency includes one node learning of another's
+/// append (`nodes=N` in the row's params).
+async fn e2e(
+    channels: &[Channel],
+    rate: u64,
+    subscribers: usize,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let Some((producer, others)) = channels.split_first() else {
+        anyhow::bail!("no server to measure");
+    };
+    if others.is_empty() {
+        return scenarios::e2e(producer, channels, rate, subscribers, duration, "e2e").await;
+    }
+    let mut row = scenarios::e2e(producer, others, rate, subscribers, duration, "e2e").await?;
+    row.params.push_str(&scenarios::nodes(channels.len()));
+    let on = match others.len() {
+        1 => "2".to_string(),
+        n => format!("2-{}", n + 1),
+    };
+    Ok(row.extra("producer_node", 1).extra("subscriber_nodes", on))
 }
 
 async fn fill(channel: &Channel, events: u64) -> anyhow::Result<()> {
@@ -432,17 +450,23 @@ async fn fanout(
     duration: Duration,
 ) -> anyhow::Result<Row> {
     let (owned, _) = target(g).await?;
-    let addr = owned
-        .as_ref()
-        .map(|s| s.addr.clone())
-        .or_else(|| g.addr.clone())
-        .unwrap_or_default();
-    // HTTP/2 caps concurrent streams per connection: spread subscribers over connections.
+    let addrs = addresses(g, owned.as_ref());
+    // HTTP/2 caps concurrent streams per connection: spread subscribers over connections (and
+    // the connections over the servers); the producer uses the first.
     let mut channels = Vec::new();
-    for _ in 0..subscribers.div_ceil(100).max(1) {
-        channels.push(scenarios::connect(&addr).await?);
+    for i in 0..subscribers.div_ceil(100).max(addrs.len()) {
+        channels.push(scenarios::connect(&addrs[i % addrs.len()]).await?);
     }
-    let row = scenarios::e2e(&channels, rate, subscribers, duration, "fanout").await?;
+    let mut row = scenarios::e2e(
+        &channels[0],
+        &channels,
+        rate,
+        subscribers,
+        duration,
+        "fanout",
+    )
+    .await?;
+    row.params.push_str(&scenarios::nodes(addrs.len()));
     Ok(match owned.as_ref().and_then(OwnedServer::peak_rss_mib) {
         Some(rss) => row.extra("server_peak_rss_mib", format!("{rss:.0}")),
         None => row,
@@ -451,7 +475,7 @@ async fn fanout(
 
 /// Start time and single-client append latency on an empty log, then after `events` appends.
 async fn scale(g: &Global, events: u64) -> anyhow::Result<Vec<Row>> {
-    if g.addr.is_some() {
+    if !g.addr.is_empty() {
         anyhow::bail!(
             "scale restarts the server, so it needs the bench's own server (drop --addr)"
         );
@@ -459,12 +483,24 @@ async fn scale(g: &Global, events: u64) -> anyhow::Result<Vec<Row>> {
     let probe = Duration::from_secs_f64(g.duration.min(3.0));
     let (mut server, start_empty) = OwnedServer::start(&g.server_args).await?;
     let channel = scenarios::connect(&server.addr).await?;
-    let empty = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
+    let empty = scenarios::append(
+        std::slice::from_ref(&channel),
+        AppendKind::Publish { batch: 1 },
+        1,
+        probe,
+    )
+    .await?;
     fill(&channel, events).await?;
     server.stop()?;
     let start_full = server.spawn().await?;
     let channel = scenarios::connect(&server.addr).await?;
-    let full = scenarios::append(&channel, AppendKind::Publish { batch: 1 }, 1, probe).await?;
+    let full = scenarios::append(
+        std::slice::from_ref(&channel),
+        AppendKind::Publish { batch: 1 },
+        1,
+        probe,
+    )
+    .await?;
     let mut rows = Vec::new();
     for (label, row, start) in [("0", empty, start_empty), ("filled", full, start_full)] {
         let stored = if label == "0" { 0 } else { events };

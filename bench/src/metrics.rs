@@ -86,7 +86,7 @@ async fn run(
     let cpu_before = server.cpu_seconds();
     let started = Instant::now();
     let row = scenarios::append(
-        &channel,
+        std::slice::from_ref(&channel),
         AppendKind::Publish { batch: 1 },
         clients,
         duration,

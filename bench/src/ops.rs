@@ -115,8 +115,13 @@ pub async fn backup(
     )
     .extra("backup_mib", format!("{:.1}", bytes as f64 / MIB))
     .extra("backup_ms", format!("{:.0}", took.as_secs_f64() * 1000.0));
-    let alone =
-        scenarios::append(channel, AppendKind::Publish { batch: 1 }, clients, duration).await?;
+    let alone = scenarios::append(
+        std::slice::from_ref(channel),
+        AppendKind::Publish { batch: 1 },
+        clients,
+        duration,
+    )
+    .await?;
     let mut backups: JoinSet<anyhow::Result<(u64, Duration)>> = JoinSet::new();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -132,8 +137,13 @@ pub async fn backup(
             Ok((bytes, took))
         });
     }
-    let during =
-        scenarios::append(channel, AppendKind::Publish { batch: 1 }, clients, duration).await?;
+    let during = scenarios::append(
+        std::slice::from_ref(channel),
+        AppendKind::Publish { batch: 1 },
+        clients,
+        duration,
+    )
+    .await?;
     stop.store(true, std::sync::atomic::Ordering::Release);
     let (bytes, took) = backups
         .join_next()

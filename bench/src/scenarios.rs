@@ -47,36 +47,49 @@ pub enum AppendKind {
     CreateOrder,
 }
 
-/// `clients` closed-loop workers on one shared channel, each sending single-event commands for
-/// `duration`; every call is a durable append.
+/// `clients` closed-loop workers, each sending single-event commands for `duration`; every
+/// call is a durable append. One channel per server (`--addr a,b`): worker `i` uses channel
+/// `i % n`; with one server they all share its channel.
 pub async fn append(
-    channel: &Channel,
+    channels: &[Channel],
     kind: AppendKind,
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
-    let (lat, elapsed) = closed_loop(channel, kind, clients, duration).await?;
+    let (lat, elapsed) = closed_loop(channels, kind, clients, duration).await?;
     let name = match kind {
         AppendKind::Publish { .. } => "append",
         AppendKind::CreateOrder => "append-order",
     };
     let rate = lat.count() as f64 / elapsed;
-    Ok(Row::new(name, format!("clients={clients}"), rate, "ops").latencies(&lat))
+    let params = format!("clients={clients}{}", nodes(channels.len()));
+    Ok(Row::new(name, params, rate, "ops").latencies(&lat))
 }
 
-/// `clients` closed-loop workers each publishing `batch` events per call.
+/// ` nodes=N` for rows spread over several servers; nothing for one, so single-server rows
+/// read as before.
+pub fn nodes(servers: usize) -> String {
+    if servers > 1 {
+        format!(" nodes={servers}")
+    } else {
+        String::new()
+    }
+}
+
+/// `clients` closed-loop workers each publishing `batch` events per call, spread over the
+/// servers' channels like `append`.
 pub async fn append_batch(
-    channel: &Channel,
+    channels: &[Channel],
     clients: usize,
     batch: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
     let kind = AppendKind::Publish { batch };
-    let (lat, elapsed) = closed_loop(channel, kind, clients, duration).await?;
+    let (lat, elapsed) = closed_loop(channels, kind, clients, duration).await?;
     let rate = (lat.count() * batch) as f64 / elapsed;
     Ok(Row::new(
         "append-batch",
-        format!("clients={clients} batch={batch}"),
+        format!("clients={clients} batch={batch}{}", nodes(channels.len())),
         rate,
         "events",
     )
@@ -88,9 +101,10 @@ pub async fn append_batch(
 }
 
 /// Runs `clients` workers that each send the next call as soon as the last one is answered,
-/// for `duration`; returns every call's latency and the seconds it all took.
+/// for `duration`, worker `i` on `channels[i % n]`; returns every call's latency and the seconds
+/// it all took.
 async fn closed_loop(
-    channel: &Channel,
+    channels: &[Channel],
     kind: AppendKind,
     clients: usize,
     duration: Duration,
@@ -99,7 +113,7 @@ async fn closed_loop(
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for worker in 0..clients {
-        let channel = channel.clone();
+        let channel = channels[worker % channels.len()].clone();
         workers.spawn(async move {
             let mut events = EventServiceClient::new(channel.clone());
             let mut orders = OrderServiceClient::new(channel);
@@ -170,12 +184,13 @@ pub async fn prefill(channel: &Channel, count: u64, progress: impl Fn(u64)) -> a
     Ok(())
 }
 
-/// `subscribers` concurrent readers from offset 1 until `caught_up`.
-pub async fn catchup(channel: &Channel, subscribers: usize) -> anyhow::Result<Row> {
+/// `subscribers` concurrent readers from offset 1 until `caught_up`, reader `i` on
+/// `channels[i % n]`.
+pub async fn catchup(channels: &[Channel], subscribers: usize) -> anyhow::Result<Row> {
     let started = Instant::now();
     let mut readers = JoinSet::new();
-    for _ in 0..subscribers {
-        let mut events = EventServiceClient::new(channel.clone());
+    for i in 0..subscribers {
+        let mut events = EventServiceClient::new(channels[i % channels.len()].clone());
         readers.spawn(async move {
             let t0 = Instant::now();
             let mut stream = events
@@ -215,7 +230,7 @@ pub async fn catchup(channel: &Channel, subscribers: usize) -> anyhow::Result<Ro
     let each = per_reader.first().map(|r| r.0).unwrap_or(0) as f64 / slowest.max(1e-9);
     Ok(Row::new(
         "catchup",
-        format!("subscribers={subscribers}"),
+        format!("subscribers={subscribers}{}", nodes(channels.len())),
         each,
         "ev/sub",
     )
@@ -230,9 +245,11 @@ pub async fn catchup(channel: &Channel, subscribers: usize) -> anyhow::Result<Ro
     .extra("events_each", per_reader.first().map(|r| r.0).unwrap_or(0)))
 }
 
-/// A producer at `rate` events/s and `subscribers` live subscribers: latency from the producer's
-/// send to each subscriber's receipt, measured on one clock (the send time rides in the payload).
+/// A producer at `rate` events/s on `producer` and `subscribers` live subscribers, subscriber `i`
+/// on `channels[i % n]`: latency from the producer's send to each subscriber's receipt,
+/// measured on one clock (the send time rides in the payload).
 pub async fn e2e(
+    producer: &Channel,
     channels: &[Channel],
     rate: u64,
     subscribers: usize,
@@ -298,7 +315,7 @@ pub async fn e2e(
             .context("a subscriber failed before catching up")?;
     }
 
-    let mut events = EventServiceClient::new(channels[0].clone());
+    let mut events = EventServiceClient::new(producer.clone());
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     let mut sent = 0u64;
@@ -424,19 +441,20 @@ mod light {
     }
 }
 
-/// `streams` AppendStreams, each on its own connection, each keeping up to `window` events in
-/// flight (less if the server advertises less) for `duration`: events per second, and each
-/// event's ack latency from the moment it was handed to the stream to its durable ack. Events
-/// carry no id (like the other append scenarios), so the server skips its id index.
+/// `streams` AppendStreams, each on its own connection (stream `i` to `addrs[i % n]`), each
+/// keeping up to `window` events in flight (less if the server advertises less) for
+/// `duration`: events per second, and each event's ack latency from the moment it was handed
+/// to the stream to its durable ack. Events carry no id (like the other append scenarios), so
+/// the server skips its id index.
 pub async fn append_stream(
-    addr: &str,
+    addrs: &[String],
     streams: usize,
     window: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
     let mut channels = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        channels.push(connect(addr).await?);
+    for i in 0..streams {
+        channels.push(connect(&addrs[i % addrs.len()]).await?);
     }
     let started = Instant::now();
     let deadline = started + duration;
@@ -450,7 +468,7 @@ pub async fn append_stream(
     let rate = lat.count() as f64 / elapsed;
     Ok(Row::new(
         "append-stream",
-        format!("streams={streams} window={window}"),
+        format!("streams={streams} window={window}{}", nodes(addrs.len())),
         rate,
         "events",
     )
