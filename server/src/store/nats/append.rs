@@ -322,30 +322,24 @@ impl Shared {
 
     /// Waits until this node's copy holds everything the log held when called.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
+        let events = self.last_sequence(&self.names.events_stream).await?;
+        self.visible(events).await?;
+        let records = self.last_sequence(&self.names.records_stream).await?;
+        self.records_visible(records).await
+    }
+
+    /// The last sequence JetStream stored in `stream`.
+    async fn last_sequence(&self, stream: &str) -> Result<u64, StoreError> {
         let mut stream = self
             .js
-            .get_stream(&self.names.events_stream)
+            .get_stream(stream)
             .await
-            .map_err(|e| nats_error("reading the events stream", e))?;
-        let last = stream
+            .map_err(|e| nats_error("opening a stream", e))?;
+        let info = stream
             .info()
             .await
-            .map_err(|e| nats_error("reading the events stream", e))?
-            .state
-            .last_sequence;
-        self.visible(last).await?;
-        let mut records = self
-            .js
-            .get_stream(&self.names.records_stream)
-            .await
-            .map_err(|e| nats_error("reading the records stream", e))?;
-        let last = records
-            .info()
-            .await
-            .map_err(|e| nats_error("reading the records stream", e))?
-            .state
-            .last_sequence;
-        self.records_visible(last).await
+            .map_err(|e| nats_error("reading a stream's state", e))?;
+        Ok(info.state.last_sequence)
     }
 
     /// A records-only batch: one message per key on the records stream (atomic when several),

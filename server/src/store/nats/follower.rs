@@ -82,29 +82,11 @@ pub async fn follow_events(
     kick: Kick,
     stop: CancellationToken,
 ) {
-    loop {
-        let start = replica.head() + 1;
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            result = events_from(&js, &names, &replica, derive.as_ref(), &kick, start) => result,
-        };
-        match result {
-            Err(StoreError::Nats(reason)) => {
-                warn!(%reason, offset = start, "events consumer interrupted; resuming");
-            }
-            Err(err) => {
-                // The replica refused what JetStream holds: nothing sensible is left to do
-                // on this node but to stop applying (reads stay at the last good offset).
-                error!(error = %err, "cannot apply the JetStream log to this node's copy; restart the node");
-                return;
-            }
-            Ok(()) => {}
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    let from = || replica.head() + 1;
+    follow("events", from, &stop, |start| {
+        events_from(&js, &names, &replica, derive.as_ref(), &kick, start)
+    })
+    .await;
 }
 
 async fn events_from(
@@ -214,18 +196,34 @@ pub async fn follow_records(
     kick: Kick,
     stop: CancellationToken,
 ) {
+    let from = || *applied.borrow() + 1;
+    follow("records", from, &stop, |start| {
+        records_from(&js, &names, &replica, &applied, &kick, start)
+    })
+    .await;
+}
+
+/// Runs `apply` from where `from` says, again and again after a NATS failure (the connection,
+/// the stream's leader, the consumer), until `stop`. Any other failure means this node's copy
+/// refused what JetStream holds: the copy then stays at its last good position (reads keep
+/// working, appends time out) and the error says to restart the node.
+async fn follow<F, Fut>(what: &str, from: impl Fn() -> u64, stop: &CancellationToken, apply: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     loop {
-        let start = *applied.borrow() + 1;
+        let start = from();
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = records_from(&js, &names, &replica, &applied, &kick, start) => result,
+            result = apply(start) => result,
         };
         match result {
             Err(StoreError::Nats(reason)) => {
-                warn!(%reason, sequence = start, "records consumer interrupted; resuming");
+                warn!(stream = what, %reason, from = start, "consumer interrupted; resuming");
             }
             Err(err) => {
-                error!(error = %err, "cannot apply the JetStream records to this node's copy; restart the node");
+                error!(stream = what, error = %err, "cannot apply JetStream to this node's copy; restart the node");
                 return;
             }
             Ok(()) => {}
