@@ -57,6 +57,32 @@ pub(super) fn nats_error(doing: &str, err: impl std::fmt::Display) -> StoreError
     StoreError::Nats(format!("{doing}: {err}"))
 }
 
+/// The client's settings; credentials in a URL (`nats://user:password@host`, or a token as
+/// `nats://token@host`) are sent as such (the client library does not read them from URLs).
+fn connect_options(addrs: &[async_nats::ServerAddr]) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new()
+        .name("ordo-server")
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)));
+    let credentials = addrs.iter().find(|addr| addr.has_user_pass());
+    match credentials.map(|addr| (addr.username(), addr.password())) {
+        Some((Some(user), Some(password))) => {
+            options.user_and_password(user.to_string(), password.to_string())
+        }
+        Some((Some(token), None)) => options.token(token.to_string()),
+        _ => options,
+    }
+}
+
+/// The servers without their credentials, for logs and errors.
+fn redacted(addrs: &[async_nats::ServerAddr]) -> String {
+    addrs
+        .iter()
+        .map(|addr| format!("{}://{}:{}", addr.scheme(), addr.host(), addr.port()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl NatsLog {
     /// Connects, creates the streams if missing, rebuilds this node's copy of the log in
     /// `dir/replica` from JetStream and returns once it has caught up with the head.
@@ -78,13 +104,11 @@ impl NatsLog {
             .map(|url| url.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Unsupported(format!("--nats-url is not valid: {e}")))?;
-        let client = async_nats::ConnectOptions::new()
-            .name("ordo-server")
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
+        let servers = redacted(&addrs);
+        let client = connect_options(&addrs)
             .connect(addrs)
             .await
-            .map_err(|e| nats_error(&format!("connecting to {}", config.urls.join(",")), e))?;
+            .map_err(|e| nats_error(&format!("connecting to {servers}"), e))?;
         let js = jetstream::new(client.clone());
         setup::ensure_streams(&js, &names, config.replicas).await?;
 
@@ -155,7 +179,7 @@ impl NatsLog {
         info!(
             stream = %config.stream,
             head = log.head(),
-            urls = %config.urls.join(","),
+            urls = %servers,
             "nats log opened"
         );
         Ok(log)
