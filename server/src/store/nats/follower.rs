@@ -105,11 +105,13 @@ async fn events_from(
     let mut open: Option<AppendBatch> = None;
     let created = Instant::now();
     let mut next = start;
+    // Records derived but not yet in the copy. Kept while an append is open across chunks, so
+    // its later events derive from its earlier ones.
+    let mut overlay = Overlay {
+        replica,
+        written: HashMap::new(),
+    };
     while let Some(chunk) = next_chunk(&mut messages, kick, created).await? {
-        let mut overlay = Overlay {
-            replica,
-            written: HashMap::new(),
-        };
         let mut batches = Vec::new();
         for message in chunk {
             let message = message.map_err(|e| nats_error("reading the events stream", e))?;
@@ -167,6 +169,10 @@ async fn events_from(
         }
         for outcome in replica.replicate(batches).await? {
             outcome?;
+        }
+        if open.is_none() {
+            // Everything derived is in the copy now.
+            overlay.written.clear();
         }
     }
     Err(StoreError::Nats("the events consumer ended".into()))
