@@ -21,7 +21,7 @@ use super::{
 
 /// Rounds of read-check-publish before an append that keeps losing races gives up.
 const MAX_ATTEMPTS: usize = 8;
-/// How long an append waits for this node's copy to show what JetStream acknowledged.
+/// How long an append waits for this node's copy to move towards what JetStream acknowledged.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 /// Room kept for a message's headers when checking its size against `max_payload`.
 const HEADER_ROOM: usize = 1024;
@@ -406,16 +406,22 @@ pub struct Kicks {
 }
 
 /// Waits until `progress` reaches `target`, kicking the follower whenever it stands still for
-/// [`STALLED_AFTER`]; gives up after [`VISIBLE_WITHIN`].
+/// [`STALLED_AFTER`]; gives up once it has not moved for [`VISIBLE_WITHIN`] (a copy that is
+/// catching up a long way, e.g. at start, is waited for as long as it moves).
 async fn applied(
     mut progress: watch::Receiver<u64>,
     target: u64,
     kick: &Kick,
     what: &str,
 ) -> Result<(), StoreError> {
-    let deadline = tokio::time::Instant::now() + VISIBLE_WITHIN;
+    let mut deadline = tokio::time::Instant::now() + VISIBLE_WITHIN;
+    let mut last_seen = *progress.borrow();
     loop {
         let before = *progress.borrow();
+        if before != last_seen {
+            last_seen = before;
+            deadline = tokio::time::Instant::now() + VISIBLE_WITHIN;
+        }
         let waited = tokio::time::timeout(STALLED_AFTER, progress.wait_for(|at| *at >= target))
             .await
             .map(|reached| reached.is_ok());
@@ -424,7 +430,7 @@ async fn applied(
             Ok(false) => return Err(StoreError::Closed),
             Err(_) if tokio::time::Instant::now() >= deadline => {
                 return Err(StoreError::Nats(format!(
-                    "{what} {target} is stored in JetStream but this node has not applied it within {} s",
+                    "{what} {target} is stored in JetStream but this node's copy has not moved for {} s (at {before})",
                     VISIBLE_WITHIN.as_secs()
                 )));
             }

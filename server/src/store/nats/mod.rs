@@ -39,8 +39,6 @@ use crate::config::NatsConfig;
 
 /// Headers and event fields around a payload, at most (ids, types, metadata are bounded).
 const ENVELOPE_ROOM: usize = 64 * 1024;
-/// How long start-up waits for this node's copy to reach the log's head before serving.
-const CATCH_UP_AT_START: Duration = Duration::from_secs(120);
 
 /// The JetStream-backed log. Cheap to share: the state lives in [`append::Shared`].
 pub struct NatsLog {
@@ -168,14 +166,8 @@ impl NatsLog {
             stop,
             tasks: Mutex::new(tasks),
         });
-        tokio::time::timeout(CATCH_UP_AT_START, log.shared.catch_up())
-            .await
-            .map_err(|_| {
-                StoreError::Nats(format!(
-                    "this node did not catch up with the log within {} s",
-                    CATCH_UP_AT_START.as_secs()
-                ))
-            })??;
+        // As long as it takes while the copy moves: start-up time grows with the log.
+        log.shared.catch_up().await?;
         info!(
             stream = %config.stream,
             head = log.head(),
