@@ -66,23 +66,20 @@ impl Workers {
         me: String,
         shutdown: CancellationToken,
     ) -> Self {
-        let workers = Self {
-            current: Arc::default(),
-            lease: Some(lease.clone()),
-            me,
-            task: Arc::default(),
-        };
+        let current: Arc<RwLock<Option<Running>>> = Arc::default();
         let task = tokio::spawn(follow_lease(
-            workers.current.clone(),
+            current.clone(),
             log,
             config,
-            lease,
+            lease.clone(),
             shutdown,
         ));
-        if let Ok(mut slot) = workers.task.try_lock() {
-            *slot = Some(task);
+        Self {
+            current,
+            lease: Some(lease),
+            me,
+            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
         }
-        workers
     }
 
     /// Waits (at most `within`) until this node knows where the workers run: here, started,
