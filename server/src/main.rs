@@ -13,6 +13,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// mimalloc rather than glibc's malloc: a profile of Publish at 16 clients spent about a quarter
+/// of the server's CPU in glibc's `malloc`/`free` (requests are allocated on tokio's workers and
+/// freed on the writer and applier threads, which glibc handles poorly).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ordo: order commands and resumable event subscriptions over gRPC.
 #[derive(Debug, Parser)]
 #[command(version, about)]
