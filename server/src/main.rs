@@ -15,7 +15,9 @@ use tracing::info;
 
 /// mimalloc rather than glibc's malloc: a profile of Publish at 16 clients spent about a quarter
 /// of the server's CPU in glibc's `malloc`/`free` (requests are allocated on tokio's workers and
-/// freed on the writer and applier threads, which glibc handles poorly).
+/// freed on the writer and applier threads, which glibc handles poorly). Built without
+/// transparent huge pages (`no_thp`): with them the server's peak RSS with 1,000 live
+/// subscribers rose from about 165 MB to about 225 MB, for no measurable speed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
