@@ -1,5 +1,6 @@
-//! The applier thread: copies committed journal frames into sled, makes sled durable now and
-//! then, and lets the journal drop the segments sled no longer needs.
+//! The applier thread: copies committed journal frames into sled (each chunk as a locator of
+//! its bytes in the frame's segment, see `bodies.rs`), makes sled durable now and then, and lets
+//! the journal drop the segments nothing needs any more.
 //!
 //! sled's flush (pwrite + `sync_file_range` through its own I/O threads, plus our fdatasync of
 //! its files) costs a millisecond or more; here it runs every `flush_every` (200 ms by default)
@@ -17,7 +18,9 @@ use tracing::{debug, error};
 
 use super::{
     StoreError,
-    journal::{Op, Sealed},
+    bodies::Bodies,
+    codec::{self, Locator},
+    journal::{self, FramePos, Op, Sealed},
     keys,
     pending::Pending,
     progress::{Mark, Progress},
@@ -87,6 +90,8 @@ impl Backlog {
 pub struct ApplyJob {
     pub lsn: u64,
     pub ops: Vec<Op>,
+    /// Where the frame lies in the journal.
+    pub at: FramePos,
     /// What this frame counts against the [`Backlog`].
     pub bytes: usize,
     /// The log's head after this frame: sled has every event up to it once applied.
@@ -100,6 +105,7 @@ pub struct Applier {
     pub pending: Arc<Pending>,
     pub tail: Arc<Tail>,
     pub sealed: Sealed,
+    pub bodies: Arc<Bodies>,
     /// How often sled is made durable: the journal keeps about this much history.
     pub flush_every: Duration,
     pub backlog: Arc<Backlog>,
@@ -110,7 +116,10 @@ pub struct Applier {
 impl Applier {
     /// Runs until the writer is gone, then makes everything durable in sled.
     pub fn run(mut self, rx: Receiver<ApplyJob>) {
-        let mut applied_lsn = 0;
+        let mut applied_lsn = self.progress.applied().lsn;
+        // What retention had emptied at the last flush: when it moves, segments may go even
+        // with nothing new to apply.
+        let mut retained_from = self.sealed.retained_from();
         let mut unflushed = 0usize;
         let mut last_flush = Instant::now();
         loop {
@@ -139,7 +148,9 @@ impl Applier {
                 }
             }
             let due = unflushed >= FLUSH_BYTES || last_flush.elapsed() >= self.flush_every;
-            if unflushed > 0 && due {
+            let retention_moved = self.sealed.retained_from() > retained_from;
+            if (unflushed > 0 && due) || retention_moved {
+                retained_from = self.sealed.retained_from();
                 if let Err(err) = self.flush(applied_lsn) {
                     return self.fail("flush", err);
                 }
@@ -165,13 +176,26 @@ impl Applier {
         };
         let mut bytes = 0;
         for job in jobs {
-            for op in &job.ops {
-                match &op.value {
-                    Some(value) => {
+            for (op, at) in job.ops.iter().zip(journal::value_offsets(&job.ops)) {
+                match (&op.value, at) {
+                    (Some(value), Some(at)) if op.key.first() == Some(&keys::EVENT) => {
+                        let locator = Locator {
+                            segment: job.at.segment,
+                            pos: job.at.pos + at,
+                            len: u32::try_from(value.len()).map_err(|_| {
+                                codec::corrupt("chunk", format!("{} bytes", value.len()))
+                            })?,
+                            crc: crc32fast::hash(value),
+                            events: codec::count_events(value)? as u32,
+                        };
+                        bytes += op.key.len() + codec::LOCATOR_LEN;
+                        self.tree.insert(op.key.as_slice(), &locator.encode())?;
+                    }
+                    (Some(value), _) => {
                         bytes += op.key.len() + value.len();
                         self.tree.insert(op.key.as_slice(), value.as_ref())?;
                     }
-                    None => {
+                    (None, _) => {
                         self.tree.remove(op.key.as_slice())?;
                     }
                 }
@@ -192,18 +216,24 @@ impl Applier {
         Ok(bytes)
     }
 
-    /// Makes sled durable up to `lsn`, then deletes the journal segments it covers.
+    /// Makes sled durable up to `lsn`, then deletes the journal segments it covers whose
+    /// chunks retention has removed.
     pub fn flush(&mut self, lsn: u64) -> Result<(), StoreError> {
-        // Everything applied so far is in this flush; `lsn` is the newest of it.
+        // Everything applied so far is in this flush; `lsn` is the newest of it. So is every
+        // locator removal retention made before this read.
         let applied = self.progress.applied();
+        let retained_from = self.sealed.retained_from();
         self.db.flush()?;
         if let Some(files) = &mut self.durability {
             files.sync()?;
         }
         self.progress.set_flushed(applied.head);
-        let removed = self.sealed.release(lsn)?;
-        if removed > 0 {
-            debug!(lsn, removed, "journal segments released");
+        let removed = self.sealed.release(lsn, retained_from)?;
+        for &segment in &removed {
+            self.bodies.forget(segment);
+        }
+        if !removed.is_empty() {
+            debug!(lsn, removed = removed.len(), "journal segments released");
         }
         Ok(())
     }

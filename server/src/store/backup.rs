@@ -43,6 +43,7 @@ use tracing::info;
 
 use super::{
     StoreError,
+    bodies::Bodies,
     first::FirstOffset,
     journal::{self, Op, Sealed},
     keys,
@@ -102,6 +103,8 @@ pub struct Source<'a> {
     pub sealed: &'a Sealed,
     pub progress: &'a Progress,
     pub first: &'a FirstOffset,
+    /// Chunks are copied as themselves, not as locators into this data dir's journal.
+    pub bodies: &'a Bodies,
 }
 
 /// Writes a consistent backup of the live log to `out` (see the module docs). Blocking: run it
@@ -137,10 +140,15 @@ pub(super) fn write_held(
         if key.as_ref() == keys::JOURNAL_APPLIED {
             continue;
         }
+        let value = if key.first() == Some(&keys::EVENT) {
+            source.bodies.chunk(&value)?
+        } else {
+            Bytes::copy_from_slice(&value)
+        };
         size += key.len() + value.len();
         ops.push(Op {
             key: key.to_vec(),
-            value: Some(Bytes::copy_from_slice(&value)),
+            value: Some(value),
         });
         if size >= DUMP_FRAME_BYTES {
             file.frame(&ops)?;

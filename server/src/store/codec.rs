@@ -229,6 +229,94 @@ pub fn remove_events(
     Ok((out, removed))
 }
 
+/// Events in a chunk, counted from the length prefixes alone.
+pub fn count_events(chunk: &[u8]) -> Result<u64, StoreError> {
+    let mut rest = chunk;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let len = decode_varint(&mut rest).map_err(|e| corrupt("chunk", e.to_string()))? as usize;
+        if len > rest.len() {
+            return Err(corrupt("chunk", "event runs past the chunk".into()));
+        }
+        rest = &rest[len..];
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Where a chunk's bytes lie in a journal segment: what sled stores under an `e` key instead
+/// of the chunk itself (see `bodies.rs`), so that each event is written to disk once.
+///
+/// ```text
+/// "ORDL" | segment u64 | position u64 | len u32 | crc32 u32 | events u32   (little-endian)
+/// ```
+///
+/// No chunk can be taken for a locator: a chunk starts with the varint length of its first
+/// event, and `O` (0x4F) read as a varint is 79, more than a value of [`LOCATOR_LEN`] bytes
+/// can hold after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locator {
+    pub segment: u64,
+    /// Byte position of the chunk in the segment file.
+    pub pos: u64,
+    pub len: u32,
+    /// crc32 of the chunk's bytes: a damaged or overwritten segment is detected on read.
+    pub crc: u32,
+    /// Events in the chunk, so counting them needs no read.
+    pub events: u32,
+}
+
+const LOCATOR_MAGIC: &[u8; 4] = b"ORDL";
+pub const LOCATOR_LEN: usize = 32;
+
+impl Locator {
+    pub fn encode(&self) -> [u8; LOCATOR_LEN] {
+        let mut out = [0u8; LOCATOR_LEN];
+        out[0..4].copy_from_slice(LOCATOR_MAGIC);
+        out[4..12].copy_from_slice(&self.segment.to_le_bytes());
+        out[12..20].copy_from_slice(&self.pos.to_le_bytes());
+        out[20..24].copy_from_slice(&self.len.to_le_bytes());
+        out[24..28].copy_from_slice(&self.crc.to_le_bytes());
+        out[28..32].copy_from_slice(&self.events.to_le_bytes());
+        out
+    }
+
+    /// The locator an `e` value holds, or `None` when the value is the chunk itself.
+    pub fn decode(value: &[u8]) -> Option<Self> {
+        if value.len() != LOCATOR_LEN || !value.starts_with(LOCATOR_MAGIC) {
+            return None;
+        }
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]])
+        };
+        let u64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&value[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        Some(Self {
+            segment: u64_at(4),
+            pos: u64_at(12),
+            len: u32_at(20),
+            crc: u32_at(24),
+            events: u32_at(28),
+        })
+    }
+}
+
+/// Bytes of the chunk an `e` value stands for, without reading it.
+pub fn chunk_len(value: &[u8]) -> u64 {
+    Locator::decode(value).map_or(value.len() as u64, |l| u64::from(l.len))
+}
+
+/// Events in the chunk an `e` value stands for, without reading a locator's chunk.
+pub fn chunk_events(value: &[u8]) -> Result<u64, StoreError> {
+    match Locator::decode(value) {
+        Some(locator) => Ok(u64::from(locator.events)),
+        None => count_events(value),
+    }
+}
+
 /// Packs the offsets of one stream's events within a batch (the stream index value).
 pub fn pack_offsets(offsets: &[u64]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(offsets.len() * 3);

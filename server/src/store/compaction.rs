@@ -23,6 +23,10 @@
 //!
 //! Only whole chunks (one append group's events, up to 64 KiB) are removed by retention, so the
 //! first retained offset is always the first offset of a chunk.
+//!
+//! Chunks are mostly locators of bytes in journal segments (`bodies.rs`): after removing chunks,
+//! retention tells the journal which segments hold none of the rest ([`Sealed::retain_from`]),
+//! and the applier deletes them once that removal is durable.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,8 +40,12 @@ use tracing::{debug, info};
 
 use super::{
     StoreError,
-    codec::{self, EventIdentity, EventTime, RawEvent, decode_offset},
+    bodies::Bodies,
+    codec::{
+        self, EventIdentity, EventTime, Locator, RawEvent, chunk_events, chunk_len, decode_offset,
+    },
     first::FirstOffset,
+    journal::Sealed,
     keys,
     progress::Progress,
     tail::Tail,
@@ -72,6 +80,11 @@ pub struct CompactionReport {
     pub deleted_events_removed: u64,
 }
 
+/// Chunks looked at, past the first retained one, for the first that is a locator (the others
+/// were rewritten in place, or predate locators) when telling the journal which segments retention
+/// emptied.
+const LOCATOR_SCAN: usize = 1024;
+
 /// The bytes of the retained chunks, counted once and then kept up to date, so the bytes rule
 /// does not read the whole log on every pass: chunks starting in `[first, next_chunk)` are
 /// counted in `bytes`.
@@ -87,6 +100,8 @@ pub struct Compactor {
     pub first: Arc<FirstOffset>,
     pub tombstones: Arc<Tombstones>,
     pub progress: Arc<Progress>,
+    bodies: Arc<Bodies>,
+    sealed: Sealed,
     counted: Mutex<Counted>,
 }
 
@@ -97,6 +112,8 @@ impl Compactor {
         first: Arc<FirstOffset>,
         tombstones: Arc<Tombstones>,
         progress: Arc<Progress>,
+        bodies: Arc<Bodies>,
+        sealed: Sealed,
     ) -> Self {
         Self {
             tree,
@@ -104,6 +121,8 @@ impl Compactor {
             first,
             tombstones,
             progress,
+            bodies,
+            sealed,
             counted: Mutex::default(),
         }
     }
@@ -172,8 +191,8 @@ impl Compactor {
             for entry in self.tree.range(from..=keys::event(flushed)) {
                 let (key, value) = entry?;
                 let start = decode_offset(&key[1..], "event key")?;
-                counted.bytes += value.len() as u64;
-                counted.next_chunk = start + count(&value)?;
+                counted.bytes += chunk_len(&value);
+                counted.next_chunk = start + chunk_events(&value)?;
             }
         }
         let cutoff = rules
@@ -188,14 +207,14 @@ impl Compactor {
             }
             let over_bytes = rules.max_bytes.is_some_and(|max| counted.bytes > max);
             let too_old = match cutoff {
-                Some(cutoff) => newest_ms(start, &value)? < cutoff,
+                Some(cutoff) => newest_ms(start, self.bodies.chunk(&value)?)? < cutoff,
                 None => false,
             };
             if !over_bytes && !too_old {
                 break;
             }
-            counted.bytes = counted.bytes.saturating_sub(value.len() as u64);
-            new_first = start + count(&value)?;
+            counted.bytes = counted.bytes.saturating_sub(chunk_len(&value));
+            new_first = start + chunk_events(&value)?;
         }
         Ok(new_first)
     }
@@ -205,7 +224,7 @@ impl Compactor {
         for entry in self.tree.range(keys::event(0)..keys::event(first)) {
             let (key, value) = entry?;
             let start = decode_offset(&key[1..], "event key")?;
-            let events = codec::parse(start, Bytes::copy_from_slice(&value))?;
+            let events = codec::parse(start, self.bodies.chunk(&value)?)?;
             for event in events.iter().filter(|e| !e.is_removed()) {
                 let identity = identity(event)?;
                 self.forget_id(&identity, event.offset)?;
@@ -213,14 +232,33 @@ impl Compactor {
             }
             self.tree.remove(&key)?;
             report.events_trimmed += events.iter().filter(|e| !e.is_removed()).count() as u64;
-            report.bytes_trimmed += value.len() as u64;
+            report.bytes_trimmed += chunk_len(&value);
         }
+        self.release_segments_below(first)?;
         if report.events_trimmed > 0 {
             debug!(
                 events = report.events_trimmed,
                 bytes = report.bytes_trimmed,
                 "retention removed chunks"
             );
+        }
+        Ok(())
+    }
+
+    /// Tells the journal that segments below the one holding the first retained located chunk
+    /// hold nothing retained (chunks are applied in offset order, so later ones lie in the same
+    /// segment or later ones).
+    fn release_segments_below(&self, first: u64) -> Result<(), StoreError> {
+        let from = keys::event(first);
+        for entry in self.tree.range(from..).take(LOCATOR_SCAN) {
+            let (key, value) = entry?;
+            if key.first() != Some(&keys::EVENT) {
+                break;
+            }
+            if let Some(locator) = Locator::decode(&value) {
+                self.sealed.retain_from(locator.segment);
+                break;
+            }
         }
         Ok(())
     }
@@ -298,9 +336,9 @@ impl Compactor {
             let Some(value) = self.tree.get(key)? else {
                 continue;
             };
-            let old_len = value.len() as u64;
+            let old_len = chunk_len(&value);
             let (chunk, removed) =
-                codec::remove_events(start, Bytes::copy_from_slice(&value), &offsets)?;
+                codec::remove_events(start, self.bodies.chunk(&value)?, &offsets)?;
             for event in &removed {
                 let identity = identity(event)?;
                 self.forget_id(&identity, event.offset)?;
@@ -362,7 +400,7 @@ impl ChunkFinder {
         };
         let (key, value) = entry?;
         let start = decode_offset(&key[1..], "event key")?;
-        self.last = Some((start, start + count(&value)?));
+        self.last = Some((start, start + chunk_events(&value)?));
         Ok(start)
     }
 }
@@ -371,25 +409,9 @@ fn identity(event: &RawEvent) -> Result<EventIdentity, StoreError> {
     EventIdentity::decode(event.bytes.as_ref()).map_err(|e| codec::corrupt("event", e.to_string()))
 }
 
-/// Events in a chunk, without copying it.
-fn count(chunk: &[u8]) -> Result<u64, StoreError> {
-    let mut rest = chunk;
-    let mut n = 0;
-    while !rest.is_empty() {
-        let len = prost::encoding::decode_varint(&mut rest)
-            .map_err(|e| codec::corrupt("chunk", e.to_string()))? as usize;
-        if len > rest.len() {
-            return Err(codec::corrupt("chunk", "event runs past the chunk".into()));
-        }
-        rest = &rest[len..];
-        n += 1;
-    }
-    Ok(n)
-}
-
 /// The newest event time in a chunk (removed events do not count).
-fn newest_ms(start: u64, chunk: &[u8]) -> Result<u64, StoreError> {
-    Ok(codec::parse(start, Bytes::copy_from_slice(chunk))?
+fn newest_ms(start: u64, chunk: Bytes) -> Result<u64, StoreError> {
+    Ok(codec::parse(start, chunk)?
         .iter()
         .filter(|e| !e.is_removed())
         .map(|e| EventTime::ms(&e.bytes))

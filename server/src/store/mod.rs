@@ -6,6 +6,7 @@
 
 mod applier;
 mod backup;
+mod bodies;
 mod codec;
 mod compaction;
 mod error;

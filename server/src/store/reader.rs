@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{
     StoreError,
+    bodies::Bodies,
     codec::{self, RawEvent, decode_offset},
     keys,
     tail::Tail,
@@ -15,6 +16,7 @@ use super::{
 pub struct Reader {
     pub tree: sled::Tree,
     pub tail: Arc<Tail>,
+    pub bodies: Arc<Bodies>,
 }
 
 impl Reader {
@@ -37,7 +39,7 @@ impl Reader {
         // Below the tail's first chunk, sled has every chunk (the tail keeps the rest).
         let mut events = Vec::new();
         let mut bytes = 0;
-        for (first, chunk) in read_chunks(&self.tree, from, head, max_bytes)? {
+        for (first, chunk) in read_chunks(&self.tree, &self.bodies, from, head, max, max_bytes)? {
             for event in codec::parse(first, chunk)? {
                 if event.offset < from {
                     continue;
@@ -64,11 +66,14 @@ impl Reader {
     }
 }
 
-/// Chunks from sled covering `from..=head`, up to about `max_bytes` (at least one).
+/// Chunks from sled covering `from..=head`, up to `max` events or about `max_bytes` (at least
+/// one chunk). Counted from sled's values, so no chunk past the page is read from its segment.
 fn read_chunks(
     tree: &sled::Tree,
+    bodies: &Bodies,
     from: u64,
     head: u64,
+    max: usize,
     max_bytes: usize,
 ) -> Result<Vec<(u64, Bytes)>, StoreError> {
     // The chunk holding `from` is the last one starting at or before it.
@@ -81,9 +86,10 @@ fn read_chunks(
     for entry in tree.range(start..=keys::event(head).to_vec()) {
         let (key, value) = entry?;
         let first = decode_offset(&key[1..], "event key")?;
-        bytes += value.len();
-        chunks.push((first, Bytes::copy_from_slice(&value)));
-        if bytes >= max_bytes {
+        let end = first + codec::chunk_events(&value)?;
+        bytes += codec::chunk_len(&value) as usize;
+        chunks.push((first, bodies.chunk(&value)?));
+        if bytes >= max_bytes || end.saturating_sub(from) >= max as u64 {
             break;
         }
     }

@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use ordo_api::v1::Event;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
@@ -22,6 +21,7 @@ use super::{
     RetentionRules, StoreError, StoredResponse,
     applier::{Applier, ApplyJob, DEFAULT_FLUSH_EVERY, QUEUE_FRAMES},
     backup,
+    bodies::Bodies,
     codec::{self, decode_offset},
     compaction::Compactor,
     first::FirstOffset,
@@ -93,6 +93,7 @@ pub struct SledLog {
     tombstones: Arc<Tombstones>,
     progress: Arc<Progress>,
     sealed: Sealed,
+    bodies: Arc<Bodies>,
     compactor: Compactor,
     /// Held by whatever writes to sled outside the journal (compaction, idempotency expiry)
     /// and by backups, which must see every change to sled in the journal while they run.
@@ -136,6 +137,7 @@ impl SledLog {
             None => 0,
         };
         let sync = options.sync == SyncMode::Fdatasync;
+        let bodies = Arc::new(Bodies::new(dir.join("journal")));
         let recovered = journal::recover(
             &dir.join("journal"),
             applied,
@@ -162,18 +164,20 @@ impl SledLog {
             pending: pending.clone(),
             tail: tail.clone(),
             sealed: recovered.journal.sealed(),
+            bodies: bodies.clone(),
             flush_every: options.sled_flush_interval,
             backlog: Arc::default(),
             progress: progress.clone(),
         };
         let replayed = recovered.frames.len();
-        if let Some(&(last, _)) = recovered.frames.last() {
+        if let Some(last) = recovered.frames.last().map(|frame| frame.lsn) {
             let jobs: Vec<ApplyJob> = recovered
                 .frames
                 .into_iter()
-                .map(|(lsn, ops)| ApplyJob {
-                    lsn,
-                    ops,
+                .map(|frame| ApplyJob {
+                    lsn: frame.lsn,
+                    ops: frame.ops,
+                    at: frame.at,
                     bytes: 0,
                     head: 0,
                 })
@@ -202,6 +206,7 @@ impl SledLog {
         let reader = Reader {
             tree: tree.clone(),
             tail: tail.clone(),
+            bodies: bodies.clone(),
         };
         let compactor = Compactor::new(
             tree,
@@ -209,6 +214,8 @@ impl SledLog {
             first.clone(),
             tombstones.clone(),
             progress.clone(),
+            bodies.clone(),
+            sealed.clone(),
         );
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
@@ -248,6 +255,7 @@ impl SledLog {
             tombstones,
             progress,
             sealed,
+            bodies,
             compactor,
             maintenance: Mutex::new(()),
         }))
@@ -340,7 +348,7 @@ fn last_offset(tree: &sled::Tree) -> Result<u64, StoreError> {
         Some(entry) => {
             let (key, value) = entry?;
             let first = decode_offset(&key[1..], "event key")?;
-            let count = codec::parse(first, Bytes::copy_from_slice(&value))?.len() as u64;
+            let count = codec::chunk_events(&value)?;
             Ok(first + count.saturating_sub(1))
         }
         None => Ok(0),
@@ -412,7 +420,14 @@ impl EventLog for SledLog {
         }
         // Taken before reading: see `Tombstones::snapshot`.
         let hidden = self.tombstones.snapshot();
-        let raw = self.reader.read_raw(from, head, max, max_bytes)?;
+        let raw = match self.reader.read_raw(from, head, max, max_bytes) {
+            Ok(raw) => raw,
+            Err(err) => {
+                // Retention may have deleted the segment a chunk was read from.
+                self.first.check(from)?;
+                return Err(err);
+            }
+        };
         // Retention may have removed the range while it was read: it raises the first offset
         // before it deletes anything, so a read that started below it fails here, not with a
         // gap.
@@ -650,6 +665,7 @@ impl EventLog for SledLog {
                 sealed: &self.sealed,
                 progress: &self.progress,
                 first: &self.first,
+                bodies: &self.bodies,
             },
             out,
         )
@@ -796,6 +812,7 @@ mod tests {
             sealed: &log.sealed,
             progress: &log.progress,
             first: &log.first,
+            bodies: &log.bodies,
         };
         let mut out = Vec::new();
         let summary = backup::write_held(&source, &mut out, target, 0).expect("backup");

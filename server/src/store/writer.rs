@@ -166,13 +166,16 @@ impl Writer {
         if !group.ops.is_empty() {
             let lsn = self.next_lsn;
             let written = sealed.and_then(|()| Ok(self.journal.append(lsn, &group.ops)?));
-            if let Err(err) = written {
-                let reason = err.to_string();
-                for (reply, results) in replies {
-                    reply.fail(results.len(), &reason);
+            let at = match written {
+                Ok(at) => at,
+                Err(err) => {
+                    let reason = err.to_string();
+                    for (reply, results) in replies {
+                        reply.fail(results.len(), &reason);
+                    }
+                    return Err(err);
                 }
-                return Err(err);
-            }
+            };
             self.next_lsn += 1;
             self.progress.set_committed(lsn);
             crate::metrics::group_committed(group.head - self.head, group.bytes);
@@ -191,6 +194,7 @@ impl Writer {
             let job = ApplyJob {
                 lsn,
                 ops: group.ops,
+                at,
                 bytes,
                 head: self.head,
             };

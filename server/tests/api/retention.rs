@@ -291,6 +291,52 @@ async fn removed_events_give_their_disk_space_back() {
     );
 }
 
+/// Event bodies stay in the journal's segments until retention removes them, so retention must
+/// delete the segments it empties: 16 MiB appended into 4 MiB segments and trimmed to 1 MiB
+/// gives at least two segments (8 MiB) back without any further write, and the retained events
+/// read back whole, before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_journal_segments_it_empties() {
+    const MIB_EVENTS: usize = 1024;
+    let configure = |cfg: &mut ServerConfig| {
+        cfg.journal_segment_bytes = 4 * 1024 * 1024;
+        retain_bytes(cfg, 1024 * 1024, Duration::from_secs(3600));
+    };
+    let server = TestServer::start_with(configure).await;
+    let mut events = server.events().await;
+    fill(&mut events, "segments", 16 * MIB_EVENTS / 64, 64).await;
+    let mut admin = server.admin().await;
+    let before = info(&mut admin).await.journal_bytes;
+    assert!(before >= 16 * 1024 * 1024, "journal holds {before} bytes");
+    let done = compact_past(&mut admin, 1).await;
+    assert!(done.events_trimmed > 14 * MIB_EVENTS as u64, "{done:?}");
+    // The applier deletes them after its next sled flush.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = info(&mut admin).await.journal_bytes;
+    while after > before - 8 * 1024 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "journal still holds {after} of {before} bytes after retention"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = info(&mut admin).await.journal_bytes;
+    }
+    let check = |log: &[ordo_api::v1::Event], first: u64| {
+        assert_eq!(log.first().map(|e| e.offset), Some(first));
+        assert_consecutive(&offsets(log), "a reader after retention");
+        assert!(log.iter().all(|e| matches!(
+            &e.payload,
+            Some(ordo_api::v1::event::Payload::Data(data)) if data == &vec![b'x'; KIB]
+        )));
+        assert!(log.len() >= MIB_EVENTS / 2, "{} events left", log.len());
+    };
+    let first = done.first_offset_after;
+    check(&read_all(&mut events).await, first);
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, configure).await;
+    check(&read_all(&mut server.events().await).await, first);
+}
+
 /// Trims a log of 3000 1 KiB events down to about 256 KiB; returns the first retained offset.
 async fn trimmed_log(server: &TestServer) -> u64 {
     fill(&mut server.events().await, "old", 30, 100).await;

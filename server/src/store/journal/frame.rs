@@ -10,7 +10,7 @@
 //! header is the end of a segment's frames.
 
 use bytes::Bytes;
-use prost::encoding::{decode_varint, encode_varint};
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 /// "ORDJ" in little-endian byte order.
 const MAGIC: u32 = u32::from_le_bytes(*b"ORDJ");
@@ -54,6 +54,29 @@ pub fn encode(lsn: u64, ops: &[Op], out: &mut Vec<u8>) {
         }
     }
     seal(lsn, out);
+}
+
+/// Where each write's value starts in the frame [`encode`] makes of `ops`, counted from the
+/// frame's first byte (`None` for deletes): how the applier locates chunks in a segment.
+pub fn value_offsets(ops: &[Op]) -> impl Iterator<Item = Option<u64>> + '_ {
+    let mut pos = HEADER_LEN as u64;
+    ops.iter().map(move |op| {
+        pos += 1 + encoded_len_varint(op.key.len() as u64) as u64 + op.key.len() as u64;
+        op.value.as_ref().map(|value| {
+            pos += encoded_len_varint(value.len() as u64) as u64;
+            let at = pos;
+            pos += value.len() as u64;
+            at
+        })
+    })
+}
+
+/// The lsn of the first frame of a segment whose first bytes are `header`, if one is there.
+pub fn first_lsn(header: &[u8; HEADER_LEN]) -> Option<u64> {
+    payload_len(header)?;
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&header[8..16]);
+    Some(u64::from_le_bytes(lsn))
 }
 
 /// Encodes one frame around an already encoded payload (a frame's ops, copied as they are)
@@ -204,6 +227,28 @@ mod tests {
         assert_eq!(decoded[0].value.as_deref(), Some(&b"chunk"[..]));
         assert!(decoded[1].value.is_none());
         assert!(matches!(decode(&buf[len..]), Decoded::End));
+    }
+
+    #[test]
+    fn value_offsets_point_at_values() {
+        let mut ops = ops();
+        ops.push(Op {
+            key: vec![b'e'; 200],
+            value: Some(Bytes::from(vec![7u8; 300])),
+        });
+        let mut buf = Vec::new();
+        encode(9, &ops, &mut buf);
+        let offsets: Vec<Option<u64>> = value_offsets(&ops).collect();
+        assert_eq!(offsets[1], None);
+        for (op, at) in ops.iter().zip(offsets) {
+            if let (Some(value), Some(at)) = (&op.value, at) {
+                let at = at as usize;
+                assert_eq!(&buf[at..at + value.len()], value.as_ref());
+            }
+        }
+        let header: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("header");
+        assert_eq!(first_lsn(&header), Some(9));
+        assert_eq!(first_lsn(&[0; HEADER_LEN]), None);
     }
 
     /// Every single-byte flip and every cut is caught: none decodes as a frame.

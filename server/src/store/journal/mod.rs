@@ -2,9 +2,11 @@
 //!
 //! Each group commit is one frame (`frame.rs`) written with one `pwrite` and made durable with
 //! one `fdatasync` into a pre-zeroed segment file (`segment.rs`), and only then acknowledged.
-//! sled is updated from the same writes afterwards, off the critical path (`applier.rs`), and a
-//! segment is deleted only once sled's copy of every frame in it is durable. After a crash,
-//! `recovery.rs` replays into sled whatever frames sled had not made durable yet.
+//! sled is updated from the same writes afterwards, off the critical path (`applier.rs`), with
+//! locators for the chunks (event bodies), which stay in the segments (`bodies.rs`). A segment is
+//! deleted only once sled's copy of every frame in it is durable and retention has removed every
+//! chunk it holds. After a crash, `recovery.rs` replays into sled whatever frames sled had not
+//! made durable yet.
 //!
 //! Frames carry a log sequence number (lsn) that increases by one per frame; sled stores the
 //! last lsn it applied (`keys::JOURNAL_APPLIED`) in the same atomic batch as the writes, which
@@ -19,15 +21,32 @@ use std::{
     fs::File,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread::JoinHandle,
 };
 
 use thiserror::Error;
 use tracing::warn;
 
-pub use frame::{Decoded, HEADER_LEN, Op, decode, decode_ops, encode, encode_payload, payload_len};
+pub use frame::{
+    Decoded, HEADER_LEN, Op, decode, decode_ops, encode, encode_payload, payload_len, value_offsets,
+};
 pub use recovery::recover;
+
+/// Where a frame starts: its segment and byte position there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePos {
+    pub segment: u64,
+    pub pos: u64,
+}
+
+/// The file of segment `index` in the journal directory `dir`.
+pub fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    segment::path(dir, index)
+}
 
 /// The first segment's size; each new segment doubles it up to the configured maximum, so an
 /// idle or short-lived server (every test) zero-fills a few MiB, a busy one few, large files.
@@ -100,13 +119,17 @@ struct Current {
 
 impl Journal {
     /// Writes one frame and, in the durable mode, syncs it. When this returns `Ok` the frame
-    /// survives a crash.
-    pub fn append(&mut self, lsn: u64, ops: &[Op]) -> Result<(), JournalError> {
+    /// survives a crash; the position says where it lies.
+    pub fn append(&mut self, lsn: u64, ops: &[Op]) -> Result<FramePos, JournalError> {
         frame::encode(lsn, ops, &mut self.buf);
         let len = self.buf.len() as u64;
         if self.current.pos + len > self.current.capacity {
             self.roll(len)?;
         }
+        let at = FramePos {
+            segment: self.current.index,
+            pos: self.current.pos,
+        };
         self.current
             .file
             .write_all_at(&self.buf, self.current.pos)
@@ -122,7 +145,7 @@ impl Journal {
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf = Vec::new();
         }
-        Ok(())
+        Ok(at)
     }
 
     /// What the applier needs to delete segments once sled has them.
@@ -189,14 +212,18 @@ impl Journal {
 }
 
 /// Segments the writer has moved past, oldest first, with the last lsn each holds. Shared with
-/// the applier, which deletes them once sled's copy is durable, and with backups, which hold
-/// them back while they copy frames out (see [`Sealed::hold_from`]).
+/// the applier, which deletes them once sled's copy is durable and no chunk in them is still
+/// retained, with compaction, which says which segments retention has emptied
+/// ([`Sealed::retain_from`]), and with backups, which hold them back while they copy frames out
+/// (see [`Sealed::hold_from`]).
 #[derive(Clone)]
 pub struct Sealed {
     dir: PathBuf,
     segments: Arc<Mutex<VecDeque<(u64, u64)>>>,
     /// While set, frames above this lsn are kept whatever sled has made durable.
     hold: Arc<Mutex<Option<u64>>>,
+    /// The oldest segment that may hold a retained chunk: segments below it hold none.
+    retained_from: Arc<AtomicU64>,
 }
 
 impl Sealed {
@@ -205,7 +232,21 @@ impl Sealed {
             dir: dir.to_path_buf(),
             segments: Arc::default(),
             hold: Arc::default(),
+            retained_from: Arc::default(),
         }
+    }
+
+    /// Retention has removed every chunk in the segments below `segment` (and sled's copy of
+    /// that removal is on its way to disk: see [`Sealed::retained_from`]).
+    pub fn retain_from(&self, segment: u64) {
+        self.retained_from.fetch_max(segment, Ordering::AcqRel);
+    }
+
+    /// The oldest segment that may hold a retained chunk. The applier reads it before a sled
+    /// flush and passes it to [`Sealed::release`] after, so a segment goes only once the
+    /// removal of its chunks' locators is durable.
+    pub fn retained_from(&self) -> u64 {
+        self.retained_from.load(Ordering::Acquire)
     }
 
     fn push(&self, index: u64, last_lsn: u64) {
@@ -214,28 +255,28 @@ impl Sealed {
         }
     }
 
-    /// Deletes every sealed segment whose frames are all at or below `durable_lsn` (sled has
-    /// made them durable) and not held. Oldest first, so a crash midway leaves a contiguous
-    /// suffix.
-    pub fn release(&self, durable_lsn: u64) -> std::io::Result<usize> {
+    /// Deletes every sealed segment below `retained_from` whose frames are all at or below
+    /// `durable_lsn` (sled has made them durable) and not held; returns their indexes. Oldest
+    /// first, so a crash midway leaves a contiguous suffix.
+    pub fn release(&self, durable_lsn: u64, retained_from: u64) -> std::io::Result<Vec<u64>> {
         // Held for the whole release, so a hold taken meanwhile sees no segment go after it.
         let hold = self.hold.lock().map_err(|_| poisoned())?;
         let limit = hold.map_or(durable_lsn, |held| held.min(durable_lsn));
-        let mut removed = 0;
+        let mut removed = Vec::new();
         loop {
             let next = match self.segments.lock() {
                 Ok(segments) => segments.front().copied(),
                 Err(_) => None,
             };
             let Some((index, last_lsn)) = next else { break };
-            if last_lsn > limit {
+            if last_lsn > limit || index >= retained_from {
                 break;
             }
             segment::remove(&self.dir, index)?;
             if let Ok(mut segments) = self.segments.lock() {
                 segments.pop_front();
             }
-            removed += 1;
+            removed.push(index);
         }
         Ok(removed)
     }
@@ -269,7 +310,17 @@ impl Sealed {
         if next > through {
             return Ok(());
         }
-        for index in segment::indexes(&self.dir).map_err(io("journal listing"))? {
+        let indexes = segment::indexes(&self.dir).map_err(io("journal listing"))?;
+        for (i, &index) in indexes.iter().enumerate() {
+            // Segments that end below `next` (the following one starts at or below it) hold
+            // only event bodies and applied frames: skip them unread.
+            if let Some(&following) = indexes.get(i + 1)
+                && segment::first_lsn(&self.dir, following)
+                    .map_err(io("segment read"))?
+                    .is_some_and(|first| first <= next)
+            {
+                continue;
+            }
             let path = segment::path(&self.dir, index);
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,

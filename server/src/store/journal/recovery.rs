@@ -7,10 +7,17 @@
 //!   acknowledged only after its fdatasync returned, and the writer writes one frame at a time,
 //!   so only the very last frame can be torn and it was never acknowledged. It is cut off
 //!   (zeroed), logged with its position, and writing resumes there. (A bit flip inside the last
-//!   frame cannot be told apart from a torn write; if sled already applied that frame nothing
-//!   is lost, and the log line says which it was.)
+//!   frame that sled had not applied cannot be told apart from a torn write.)
 //! - a damaged frame **followed** by a whole frame: acknowledged data sits behind damage, so the
 //!   server refuses to start, naming the file and byte ([`JournalError::Corrupt`]).
+//! - a damaged last frame that sled had already applied: sled points at the event bodies in it,
+//!   so cutting it would lose acknowledged events; the server refuses to start
+//!   ([`JournalError::Corrupt`]).
+//!
+//! Segments whose frames sled has all applied are not read (only their first frame's header,
+//! to know where each starts): they are kept for the event bodies sled points at, which are
+//! checked against their own checksums when read. So start-up reads about one segment, however
+//! long the log.
 
 use std::{
     fs,
@@ -20,15 +27,22 @@ use std::{
 use tracing::{info, warn};
 
 use super::{
-    Current, Journal, JournalError, JournalOptions, MIN_SEGMENT_BYTES, Op, Sealed, frame,
+    Current, FramePos, Journal, JournalError, JournalOptions, MIN_SEGMENT_BYTES, Op, Sealed, frame,
     frame::Decoded, io, segment,
 };
+
+/// A frame sled has not applied yet.
+pub struct ReplayFrame {
+    pub lsn: u64,
+    pub ops: Vec<Op>,
+    pub at: FramePos,
+}
 
 /// What recovery found.
 pub struct Recovered {
     pub journal: Journal,
     /// Frames above sled's applied lsn, in order: replay them into sled before serving.
-    pub frames: Vec<(u64, Vec<Op>)>,
+    pub frames: Vec<ReplayFrame>,
     /// The lsn the next frame gets.
     pub next_lsn: u64,
 }
@@ -57,12 +71,19 @@ pub fn recover(
         last_lsn: None,
         frames: Vec::new(),
     };
+    let skip = applied_prefix(dir, &indexes, applied)?;
+    for (k, &(index, last_lsn)) in skip.iter().enumerate() {
+        sealed.push(index, last_lsn);
+        if k + 1 == skip.len() {
+            scan.last_lsn = Some(last_lsn);
+        }
+    }
     // Where writing resumes: after the last segment's frames, or where a torn frame starts.
     let mut resume = (last_index, 0);
-    for (i, &index) in indexes.iter().enumerate() {
+    for (i, &index) in indexes.iter().enumerate().skip(skip.len()) {
         let path = segment::path(dir, index);
         let bytes = fs::read(&path).map_err(io("segment read"))?;
-        match scan.segment(&path, &bytes, &indexes[i + 1..], dir)? {
+        match scan.segment(index, &path, &bytes, &indexes[i + 1..], dir)? {
             SegmentEnd::Clean(pos) if index == last_index => resume = (index, pos),
             SegmentEnd::Clean(_) => sealed.push(index, scan.last_lsn.unwrap_or(0)),
             SegmentEnd::Torn(pos) => {
@@ -83,10 +104,32 @@ pub fn recover(
     Ok(scan.finish(journal))
 }
 
+/// The leading segments whose frames are all at or below `applied` (the next segment's first
+/// frame is at or below `applied + 1`), with the last lsn each holds; none of them is read.
+/// Stops at the first segment without a readable first header, which is then read whole.
+fn applied_prefix(
+    dir: &Path,
+    indexes: &[u64],
+    applied: u64,
+) -> Result<Vec<(u64, u64)>, JournalError> {
+    let mut prefix = Vec::new();
+    for pair in indexes.windows(2) {
+        let first = segment::first_lsn(dir, pair[0]).map_err(io("segment read"))?;
+        let next = segment::first_lsn(dir, pair[1]).map_err(io("segment read"))?;
+        match (first, next) {
+            (Some(first), Some(next)) if first < next && next <= applied + 1 => {
+                prefix.push((pair[0], next - 1));
+            }
+            _ => break,
+        }
+    }
+    Ok(prefix)
+}
+
 struct Scan {
     applied: u64,
     last_lsn: Option<u64>,
-    frames: Vec<(u64, Vec<Op>)>,
+    frames: Vec<ReplayFrame>,
 }
 
 enum SegmentEnd {
@@ -99,6 +142,7 @@ enum SegmentEnd {
 impl Scan {
     fn segment(
         &mut self,
+        index: u64,
         path: &Path,
         bytes: &[u8],
         later: &[u64],
@@ -108,7 +152,7 @@ impl Scan {
         loop {
             match frame::decode(&bytes[pos..]) {
                 Decoded::Frame { lsn, len, payload } => {
-                    self.accept(path, pos, lsn, payload)?;
+                    self.accept(index, path, pos, lsn, payload)?;
                     pos += len;
                 }
                 Decoded::End => return Ok(SegmentEnd::Clean(pos as u64)),
@@ -123,13 +167,23 @@ impl Scan {
                             reason,
                         });
                     }
-                    let already_applied = lsn.is_some_and(|lsn| lsn <= self.applied);
+                    if lsn.is_some_and(|lsn| lsn <= self.applied) {
+                        // sled applied it, so it was acknowledged, and sled's locators point at
+                        // the event bodies in it: it was damaged after it was written.
+                        return Err(JournalError::Corrupt {
+                            file: path.to_path_buf(),
+                            position: pos as u64,
+                            reason: format!(
+                                "{reason} in the last frame, which sled already applied and \
+                                 whose events it reads from here"
+                            ),
+                        });
+                    }
                     warn!(
                         file = %path.display(),
                         position = pos,
                         cut_bytes = bytes.len() - pos,
                         frame_lsn = ?lsn,
-                        already_applied,
                         reason = %reason,
                         "journal ends in a torn frame (a write that was never acknowledged); cutting it off"
                     );
@@ -141,6 +195,7 @@ impl Scan {
 
     fn accept(
         &mut self,
+        index: u64,
         path: &Path,
         pos: usize,
         lsn: u64,
@@ -172,7 +227,14 @@ impl Scan {
                 position: pos as u64,
                 reason,
             })?;
-            self.frames.push((lsn, ops));
+            self.frames.push(ReplayFrame {
+                lsn,
+                ops,
+                at: FramePos {
+                    segment: index,
+                    pos: pos as u64,
+                },
+            });
         }
         Ok(())
     }

@@ -92,6 +92,23 @@ pub fn zero_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The lsn of a segment's first frame, read from its header alone (`None`: no whole frame
+/// header there, or the segment is gone). How recovery and backups skip the segments that hold
+/// only event bodies sled already points at, without reading them.
+pub fn first_lsn(dir: &Path, index: u64) -> std::io::Result<Option<u64>> {
+    let file = match File::open(path(dir, index)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut header = [0u8; super::HEADER_LEN];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => Ok(super::frame::first_lsn(&header)),
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 pub fn open(dir: &Path, index: u64) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
