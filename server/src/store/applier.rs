@@ -149,7 +149,7 @@ impl Applier {
             }
             let due = unflushed >= FLUSH_BYTES || last_flush.elapsed() >= self.flush_every;
             let retention_moved = self.sealed.retained_from() > retained_from;
-            if (unflushed > 0 && due) || retention_moved {
+            if (unflushed > 0 && due) || retention_moved || self.sealed.has_scrubs() {
                 retained_from = self.sealed.retained_from();
                 if let Err(err) = self.flush(applied_lsn) {
                     return self.fail("flush", err);
@@ -223,11 +223,14 @@ impl Applier {
         // locator removal retention made before this read.
         let applied = self.progress.applied();
         let retained_from = self.sealed.retained_from();
+        let scrubs = self.sealed.take_scrubs();
         self.db.flush()?;
         if let Some(files) = &mut self.durability {
             files.sync()?;
         }
         self.progress.set_flushed(applied.head);
+        // sled's rewrite of the chunks these bytes were in is durable now.
+        self.sealed.scrub(&scrubs)?;
         let removed = self.sealed.release(lsn, retained_from)?;
         for &segment in &removed {
             self.bodies.forget(segment);

@@ -423,6 +423,9 @@ impl Frames {
                 );
             }
             journal::Decoded::Invalid { reason, .. } => return Err(self.damaged(&reason)),
+            journal::Decoded::Altered { .. } => {
+                return Err(self.damaged("frame payload checksum mismatch"));
+            }
             journal::Decoded::End => return Err(self.damaged("zeros where a frame should be")),
         };
         self.position += raw.len() as u64;

@@ -229,6 +229,35 @@ pub fn remove_events(
     Ok((out, removed))
 }
 
+/// Byte ranges (start, length) within a chunk that hold the events at `offsets`, length prefix
+/// included; consecutive events make one range. What a stream deletion zeroes in a segment.
+pub fn event_ranges(
+    first: u64,
+    chunk: &[u8],
+    offsets: &std::collections::BTreeSet<u64>,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut rest = chunk;
+    let mut offset = first;
+    while !rest.is_empty() {
+        let start = (chunk.len() - rest.len()) as u64;
+        let len = decode_varint(&mut rest).map_err(|e| corrupt("chunk", e.to_string()))? as usize;
+        if len > rest.len() {
+            return Err(corrupt("chunk", "event runs past the chunk".into()));
+        }
+        rest = &rest[len..];
+        let end = (chunk.len() - rest.len()) as u64;
+        if offsets.contains(&offset) {
+            match ranges.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 = end - last.0,
+                _ => ranges.push((start, end - start)),
+            }
+        }
+        offset += 1;
+    }
+    Ok(ranges)
+}
+
 /// Events in a chunk, counted from the length prefixes alone.
 pub fn count_events(chunk: &[u8]) -> Result<u64, StoreError> {
     let mut rest = chunk;
@@ -389,5 +418,50 @@ pub fn corrupt(what: &str, detail: String) -> StoreError {
     StoreError::Corrupt {
         what: what.to_string(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locators_round_trip_and_no_chunk_reads_as_one() {
+        let locator = Locator {
+            segment: 7,
+            pos: 1 << 40,
+            len: 65_000,
+            crc: 0xdead_beef,
+            events: 100,
+        };
+        assert_eq!(Locator::decode(&locator.encode()), Some(locator));
+        for size in [0usize, 1, 20, 28, 79, 300] {
+            let mut writer = ChunkWriter::new(1);
+            writer.push(&Event {
+                id: "ORDL".repeat(size / 4),
+                ..Default::default()
+            });
+            let chunk = writer.finish().bytes;
+            assert_eq!(Locator::decode(&chunk), None, "event of {size} id bytes");
+            assert_eq!(chunk_len(&chunk), chunk.len() as u64);
+            assert_eq!(chunk_events(&chunk).expect("count"), 1);
+        }
+    }
+
+    #[test]
+    fn event_ranges_cover_the_removed_events_with_their_prefixes() {
+        let mut writer = ChunkWriter::new(10);
+        for n in 0..4 {
+            writer.push(&Event {
+                id: format!("event-{n}"),
+                ..Default::default()
+            });
+        }
+        let chunk = writer.finish().bytes;
+        let each = chunk.len() as u64 / 4;
+        let ranges = event_ranges(10, &chunk, &[11, 12].into_iter().collect()).expect("ranges");
+        assert_eq!(ranges, [(each, 2 * each)]);
+        let ranges = event_ranges(10, &chunk, &[10, 13].into_iter().collect()).expect("ranges");
+        assert_eq!(ranges, [(0, each), (3 * each, each)]);
     }
 }

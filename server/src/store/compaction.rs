@@ -26,7 +26,9 @@
 //!
 //! Chunks are mostly locators of bytes in journal segments (`bodies.rs`): after removing chunks,
 //! retention tells the journal which segments hold none of the rest ([`Sealed::retain_from`]),
-//! and the applier deletes them once that removal is durable.
+//! and the applier deletes them once that removal is durable. A deleted stream's events are
+//! rewritten out of their chunks (into sled) and their bytes in the segments are zeroed after
+//! the next sled flush ([`Sealed::scrub_later`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -45,7 +47,7 @@ use super::{
         self, EventIdentity, EventTime, Locator, RawEvent, chunk_events, chunk_len, decode_offset,
     },
     first::FirstOffset,
-    journal::Sealed,
+    journal::{Scrub, Sealed},
     keys,
     progress::Progress,
     tail::Tail,
@@ -337,14 +339,27 @@ impl Compactor {
                 continue;
             };
             let old_len = chunk_len(&value);
-            let (chunk, removed) =
-                codec::remove_events(start, self.bodies.chunk(&value)?, &offsets)?;
+            let old_chunk = self.bodies.chunk(&value)?;
+            let scrubs = match Locator::decode(&value) {
+                Some(locator) => codec::event_ranges(start, &old_chunk, &offsets)?
+                    .into_iter()
+                    .map(|(at, len)| Scrub {
+                        segment: locator.segment,
+                        pos: locator.pos + at,
+                        len,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let (chunk, removed) = codec::remove_events(start, old_chunk, &offsets)?;
             for event in &removed {
                 let identity = identity(event)?;
                 self.forget_id(&identity, event.offset)?;
             }
             let new_len = chunk.len() as u64;
             self.tree.insert(key, chunk)?;
+            // The old bytes in the journal go too, once this rewrite is durable.
+            self.sealed.scrub_later(scrubs);
             removed_events += removed.len() as u64;
             if let Ok(mut counted) = self.counted.lock()
                 && start < counted.next_chunk

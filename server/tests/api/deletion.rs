@@ -58,6 +58,16 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether any journal segment in `data_dir` holds `needle`: the journal keeps the events'
+/// bodies, so a deletion must zero them there too.
+fn journal_holds(data_dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(data_dir.join("journal"))
+        .expect("journal dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".journal"))
+        .any(|entry| contains(&std::fs::read(entry.path()).unwrap_or_default(), needle))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_stream_is_gone_from_reads_subscriptions_and_storage() {
     let server = TestServer::start_with(|cfg| {
@@ -151,6 +161,7 @@ async fn a_deleted_stream_is_gone_from_reads_subscriptions_and_storage() {
         .into_inner();
     assert_eq!(before.pending_deleted_streams, 1);
     assert!(contains(&backup_bytes(&mut admin).await, SECRET));
+    assert!(journal_holds(server.dir.path(), SECRET));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let done = admin
         .compact(CompactRequest {})
@@ -169,6 +180,15 @@ async fn a_deleted_stream_is_gone_from_reads_subscriptions_and_storage() {
         !contains(&backup_bytes(&mut admin).await, SECRET),
         "the deleted events are still in the live data"
     );
+    // The journal's copies are zeroed after the next sled flush (20 ms here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while journal_holds(server.dir.path(), SECRET) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted events are still in the journal's segments"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let all = read_all(&mut events).await;
     assert_eq!(offsets(&all), [1, 3, 5, 7]);
 

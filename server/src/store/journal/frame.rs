@@ -111,9 +111,13 @@ pub enum Decoded<'a> {
     },
     /// Zeros (or nothing at all): no frame was ever written here.
     End,
-    /// Something that is neither: a torn or corrupted frame. `lsn` is known when only the
-    /// payload is damaged.
+    /// Something that is neither: a torn or corrupted frame. `lsn` is known when the header
+    /// is intact.
     Invalid { lsn: Option<u64>, reason: String },
+    /// A frame whose header holds and whose `len` bytes are all there, but whose payload no
+    /// longer matches its checksum: damaged, torn inside, or a frame sled had applied whose
+    /// deleted events were zeroed in place ([`super::Sealed::scrub_later`]).
+    Altered { lsn: u64, len: usize },
 }
 
 /// The payload length a frame header announces, once its checksum holds: how many bytes to
@@ -162,10 +166,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     }
     let payload = &buf[HEADER_LEN..len];
     if crc32fast::hash(payload) != word(16) {
-        return Decoded::Invalid {
-            lsn: Some(lsn),
-            reason: "frame payload checksum mismatch".into(),
-        };
+        return Decoded::Altered { lsn, len };
     }
     Decoded::Frame { lsn, len, payload }
 }
@@ -275,7 +276,7 @@ mod tests {
         torn[last] ^= 1;
         assert!(matches!(
             decode(&torn),
-            Decoded::Invalid { lsn: Some(3), .. }
+            Decoded::Altered { lsn: 3, len } if len == frame.len()
         ));
     }
 }

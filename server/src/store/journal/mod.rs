@@ -224,6 +224,17 @@ pub struct Sealed {
     hold: Arc<Mutex<Option<u64>>>,
     /// The oldest segment that may hold a retained chunk: segments below it hold none.
     retained_from: Arc<AtomicU64>,
+    /// Bytes of applied frames to zero: the events of deleted streams, once sled's rewrite of
+    /// their chunks is durable (see [`Sealed::scrub_later`]).
+    scrubs: Arc<Mutex<Vec<Scrub>>>,
+}
+
+/// A byte range of a segment to overwrite with zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scrub {
+    pub segment: u64,
+    pub pos: u64,
+    pub len: u64,
 }
 
 impl Sealed {
@@ -233,7 +244,52 @@ impl Sealed {
             segments: Arc::default(),
             hold: Arc::default(),
             retained_from: Arc::default(),
+            scrubs: Arc::default(),
         }
+    }
+
+    /// Queues the bytes of deleted events for zeroing. Their frames were applied and sled
+    /// holds the chunks rewritten without them, not yet durably: the applier takes the queue
+    /// before its next sled flush and zeroes after it ([`Sealed::scrub`]), so no durable
+    /// locator ever points at zeroed bytes. Recovery and backups pass over the applied frames
+    /// this leaves with a payload checksum that no longer holds.
+    pub fn scrub_later(&self, ranges: impl IntoIterator<Item = Scrub>) {
+        if let Ok(mut scrubs) = self.scrubs.lock() {
+            scrubs.extend(ranges);
+        }
+    }
+
+    /// Whether deleted events wait to be zeroed.
+    pub fn has_scrubs(&self) -> bool {
+        self.scrubs.lock().is_ok_and(|scrubs| !scrubs.is_empty())
+    }
+
+    /// Takes the queued ranges (the applier, before a sled flush).
+    pub fn take_scrubs(&self) -> Vec<Scrub> {
+        self.scrubs
+            .lock()
+            .map(|mut scrubs| std::mem::take(&mut *scrubs))
+            .unwrap_or_default()
+    }
+
+    /// Zeroes `ranges` and syncs each segment touched; segments deleted meanwhile are skipped.
+    pub fn scrub(&self, ranges: &[Scrub]) -> std::io::Result<()> {
+        let mut by_segment: std::collections::BTreeMap<u64, Vec<Scrub>> = Default::default();
+        for range in ranges {
+            by_segment.entry(range.segment).or_default().push(*range);
+        }
+        for (index, ranges) in by_segment {
+            let file = match segment::open(&self.dir, index) {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            for range in ranges {
+                segment::zero_bytes(&file, range.pos, range.pos + range.len)?;
+            }
+            file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Retention has removed every chunk in the segments below `segment` (and sled's copy of
@@ -329,15 +385,23 @@ impl Sealed {
                 Err(err) => return Err(io("segment read")(err)),
             };
             let mut pos = 0;
-            while let Decoded::Frame { lsn, len, payload } = frame::decode(&bytes[pos..]) {
-                if lsn == next {
-                    visit(lsn, payload).map_err(io("frame copy"))?;
-                    next += 1;
-                    if next > through {
-                        return Ok(());
+            loop {
+                match frame::decode(&bytes[pos..]) {
+                    Decoded::Frame { lsn, len, payload } => {
+                        if lsn == next {
+                            visit(lsn, payload).map_err(io("frame copy"))?;
+                            next += 1;
+                            if next > through {
+                                return Ok(());
+                            }
+                        }
+                        pos += len;
                     }
+                    // Applied before the hold (a deleted stream's events zeroed in place):
+                    // not one of the frames wanted.
+                    Decoded::Altered { lsn, len } if lsn < next => pos += len,
+                    _ => break,
                 }
-                pos += len;
             }
         }
         Err(JournalError::Missing {

@@ -10,9 +10,10 @@
 //!   frame that sled had not applied cannot be told apart from a torn write.)
 //! - a damaged frame **followed** by a whole frame: acknowledged data sits behind damage, so the
 //!   server refuses to start, naming the file and byte ([`JournalError::Corrupt`]).
-//! - a damaged last frame that sled had already applied: sled points at the event bodies in it,
-//!   so cutting it would lose acknowledged events; the server refuses to start
-//!   ([`JournalError::Corrupt`]).
+//! - a whole frame (intact header, every byte there) whose payload fails its checksum, with an
+//!   lsn sled has already applied: passed over. Nothing is replayed from it, and it is what a
+//!   stream deletion leaves (its events zeroed in place, see `Sealed::scrub_later`); damage to
+//!   the events in it is found by their own checksums when they are read.
 //!
 //! Segments whose frames sled has all applied are not read (only their first frame's header,
 //! to know where each starts): they are kept for the event bodies sled points at, which are
@@ -150,46 +151,43 @@ impl Scan {
     ) -> Result<SegmentEnd, JournalError> {
         let mut pos = 0usize;
         loop {
-            match frame::decode(&bytes[pos..]) {
+            let (lsn, reason) = match frame::decode(&bytes[pos..]) {
                 Decoded::Frame { lsn, len, payload } => {
                     self.accept(index, path, pos, lsn, payload)?;
                     pos += len;
+                    continue;
                 }
                 Decoded::End => return Ok(SegmentEnd::Clean(pos as u64)),
-                Decoded::Invalid { lsn, reason } => {
-                    if let Some((file, at)) =
-                        self.whole_frame_after(bytes, pos, path, later, dir)?
-                    {
-                        warn!(file = %file.display(), at, "whole journal frame found after damage");
-                        return Err(JournalError::Corrupt {
-                            file: path.to_path_buf(),
-                            position: pos as u64,
-                            reason,
-                        });
-                    }
-                    if lsn.is_some_and(|lsn| lsn <= self.applied) {
-                        // sled applied it, so it was acknowledged, and sled's locators point at
-                        // the event bodies in it: it was damaged after it was written.
-                        return Err(JournalError::Corrupt {
-                            file: path.to_path_buf(),
-                            position: pos as u64,
-                            reason: format!(
-                                "{reason} in the last frame, which sled already applied and \
-                                 whose events it reads from here"
-                            ),
-                        });
-                    }
-                    warn!(
-                        file = %path.display(),
-                        position = pos,
-                        cut_bytes = bytes.len() - pos,
-                        frame_lsn = ?lsn,
-                        reason = %reason,
-                        "journal ends in a torn frame (a write that was never acknowledged); cutting it off"
-                    );
-                    return Ok(SegmentEnd::Torn(pos as u64));
+                Decoded::Altered { lsn, len } if lsn <= self.applied => {
+                    // sled has applied it, so nothing is replayed from it; its payload changed
+                    // since (a deleted stream's events zeroed in place, or damage, which reads
+                    // of its events find through their own checksums).
+                    self.accept(index, path, pos, lsn, &[])?;
+                    pos += len;
+                    continue;
                 }
+                Decoded::Altered { lsn, .. } => {
+                    (Some(lsn), "frame payload checksum mismatch".to_string())
+                }
+                Decoded::Invalid { lsn, reason } => (lsn, reason),
+            };
+            if let Some((file, at)) = self.whole_frame_after(bytes, pos, path, later, dir)? {
+                warn!(file = %file.display(), at, "whole journal frame found after damage");
+                return Err(JournalError::Corrupt {
+                    file: path.to_path_buf(),
+                    position: pos as u64,
+                    reason,
+                });
             }
+            warn!(
+                file = %path.display(),
+                position = pos,
+                cut_bytes = bytes.len() - pos,
+                frame_lsn = ?lsn,
+                reason = %reason,
+                "journal ends in a torn frame (a write that was never acknowledged); cutting it off"
+            );
+            return Ok(SegmentEnd::Torn(pos as u64));
         }
     }
 
@@ -282,7 +280,11 @@ impl Scan {
 fn find_frame(bytes: &[u8], from: usize, newer: impl Fn(u64) -> bool) -> Option<usize> {
     (from..bytes.len().saturating_sub(frame::HEADER_LEN)).find(|&at| {
         bytes[at..].starts_with(b"ORDJ")
-            && matches!(frame::decode(&bytes[at..]), Decoded::Frame { lsn, .. } if newer(lsn))
+            && match frame::decode(&bytes[at..]) {
+                // An altered frame's header holds too: written whole, after the damage.
+                Decoded::Frame { lsn, .. } | Decoded::Altered { lsn, .. } => newer(lsn),
+                _ => false,
+            }
     })
 }
 

@@ -83,13 +83,19 @@ pub fn create(dir: &Path, index: u64, bytes: u64) -> std::io::Result<()> {
 /// Zeroes `from..to` of an open segment (extending it if shorter) and syncs it: recovery's way
 /// of cutting off a torn tail so that no stale bytes are ever read as frames again.
 pub fn zero_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    zero_bytes(file, from, to)?;
+    file.sync_all()
+}
+
+/// Zeroes `from..to` of an open segment, without syncing.
+pub fn zero_bytes(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     let mut at = from;
     while at < to {
         let n = (to - at).min(ZEROS.len() as u64) as usize;
         file.write_all_at(&ZEROS[..n], at)?;
         at += n as u64;
     }
-    file.sync_all()
+    Ok(())
 }
 
 /// The lsn of a segment's first frame, read from its header alone (`None`: no whole frame
