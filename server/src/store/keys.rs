@@ -1,7 +1,8 @@
 //! Key layout of the single sled tree. One tree, because sled's `apply_batch` is atomic only
 //! within a tree and events, indexes and records must commit together.
 //!
-//! - `e` + first offset (u64 BE)            -> chunk: the events of one append batch (chunk.rs)
+//! - `e` + first offset (u64 BE)            -> where the events of one append batch lie in the
+//!   journal (a locator), or the batch itself (codec.rs, bodies.rs)
 //! - `s` + stream id + 0x00 + first version -> varint offsets of that stream's events in one batch
 //! - `v` + stream id                        -> current stream version (u64 BE)
 //! - `i` + event id (caller-chosen only)    -> offset, stream version (u64 BE each) + stream id
