@@ -13,8 +13,16 @@ use tokio::{
     process::Command,
 };
 
-/// Installs grpcio and grpcio-tools (quietly; a no-op when present).
+/// Installs grpcio and grpcio-tools (quietly; a no-op when present), once per test run: the
+/// tests of this file run in parallel, and two pip installs into one interpreter at once race
+/// on its site-packages (seen on a fresh machine: `No such file or directory:
+/// .../site-packages/_distutils_hack/`).
 async fn pip_install() {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED.get_or_init(install).await;
+}
+
+async fn install() {
     let output = Command::new("python3")
         .args([
             "-m",
