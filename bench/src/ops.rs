@@ -39,9 +39,9 @@ fn sled_mib(info: &GetLogInfoResponse) -> f64 {
 
 /// On a server started with [`retention_server_args`]: `events` appended, one compaction down to
 /// the limit (timed), then `cycles` more rounds of `events` appended and compacted. Reports the
-/// first trim's rate and sled's bytes on disk after each step (the journal's preallocated
-/// segments apart): without reuse of the freed space they would grow by the first figure every
-/// round.
+/// first trim's rate, sled's bytes on disk after each step and the journal's (whose segments
+/// hold the events' bodies) after each round: without reuse of the freed space and deletion of
+/// emptied segments they would grow by the first figure every round.
 pub async fn retention(channel: &Channel, events: u64, cycles: usize) -> anyhow::Result<Row> {
     let mut admin = AdminServiceClient::new(channel.clone());
     scenarios::prefill(channel, events, |_| {}).await?;
@@ -52,11 +52,16 @@ pub async fn retention(channel: &Channel, events: u64, cycles: usize) -> anyhow:
     let took = started.elapsed();
     let compacted = info(&mut admin).await?;
     let mut rounds = Vec::new();
+    let mut journal_rounds = Vec::new();
     for _ in 0..cycles {
         scenarios::prefill(channel, events, |_| {}).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         admin.compact(CompactRequest {}).await?;
-        rounds.push(format!("{:.0}", sled_mib(&info(&mut admin).await?)));
+        // The applier deletes emptied segments after its next sled flush.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = info(&mut admin).await?;
+        rounds.push(format!("{:.0}", sled_mib(&now)));
+        journal_rounds.push(format!("{:.0}", now.journal_bytes as f64 / MIB));
     }
     let last = info(&mut admin).await?;
     Ok(Row::new(
@@ -69,6 +74,11 @@ pub async fn retention(channel: &Channel, events: u64, cycles: usize) -> anyhow:
     .extra("sled_mib_full", format!("{:.0}", sled_mib(&full)))
     .extra("sled_mib_compacted", format!("{:.0}", sled_mib(&compacted)))
     .extra("sled_mib_after_each_refill", rounds.join("/"))
+    .extra(
+        "journal_mib_full",
+        format!("{:.0}", full.journal_bytes as f64 / MIB),
+    )
+    .extra("journal_mib_after_each_refill", journal_rounds.join("/"))
     .extra(
         "journal_mib",
         format!("{:.0}", last.journal_bytes as f64 / MIB),
