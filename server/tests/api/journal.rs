@@ -36,12 +36,7 @@ const CHURN: &[&str] = &["--journal-segment-mb", "4", "--sled-flush-ms", "50"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_torture_over_the_journal() {
-    let seed: u64 = std::env::var("ORDO_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (ORDO_TORTURE_SEED to replay)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = torture_rng();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut acked: Vec<EventPosition> = Vec::new();
     let mut orders: Vec<(String, u64)> = Vec::new();
@@ -59,16 +54,7 @@ async fn kill9_torture_over_the_journal() {
         let run = Duration::from_millis(rng.random_range(150..1200));
         tokio::time::sleep(run).await;
         server.kill9();
-        let mut this_trial = 0;
-        for writer in writers {
-            let (events, created) = tokio::time::timeout(Duration::from_secs(15), writer)
-                .await
-                .expect("writers notice the crash")
-                .expect("writer task");
-            this_trial += events.len();
-            acked.extend(events);
-            orders.extend(created);
-        }
+        let this_trial = join_writers(writers, &mut acked, &mut orders).await;
         let segments = journal_segments(dir.path());
         println!(
             "trial {trial}: killed after {run:?}, {this_trial} events acknowledged, journal segments on disk: {:?}",
@@ -100,12 +86,7 @@ async fn kill9_torture_with_retention_deleting_segments() {
         "--compaction-interval",
         "100ms",
     ];
-    let seed: u64 = std::env::var("ORDO_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (ORDO_TORTURE_SEED to replay)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = torture_rng();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut acked: Vec<EventPosition> = Vec::new();
     let mut orders: Vec<(String, u64)> = Vec::new();
@@ -119,14 +100,7 @@ async fn kill9_torture_with_retention_deleting_segments() {
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(600..1500))).await;
         server.kill9();
-        for writer in writers {
-            let (events, created) = tokio::time::timeout(Duration::from_secs(15), writer)
-                .await
-                .expect("writers notice the crash")
-                .expect("writer task");
-            acked.extend(events);
-            orders.extend(created);
-        }
+        join_writers(writers, &mut acked, &mut orders).await;
         // Checked on a server that does not compact, so the range read stays put.
         let server = ChildServer::start(dir.path(), None, CHURN).await;
         let checked = verify_retained(&server.url(), &acked, &orders).await;
@@ -190,12 +164,40 @@ async fn verify_retained(url: &str, acked: &[EventPosition], created: &[(String,
     first
 }
 
+/// The torture tests' randomness, from `ORDO_TORTURE_SEED` when set (printed to replay a run).
+fn torture_rng() -> StdRng {
+    let seed: u64 = std::env::var("ORDO_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (ORDO_TORTURE_SEED to replay)");
+    StdRng::seed_from_u64(seed)
+}
+
+type Load = (Vec<EventPosition>, Vec<(String, u64)>);
+
+/// Waits for the writers of a killed server and keeps what they had acknowledged; returns how
+/// many events that was.
+async fn join_writers(
+    writers: Vec<tokio::task::JoinHandle<Load>>,
+    acked: &mut Vec<EventPosition>,
+    orders: &mut Vec<(String, u64)>,
+) -> usize {
+    let mut count = 0;
+    for writer in writers {
+        let (events, created) = tokio::time::timeout(Duration::from_secs(15), writer)
+            .await
+            .expect("writers notice the crash")
+            .expect("writer task");
+        count += events.len();
+        acked.extend(events);
+        orders.extend(created);
+    }
+    count
+}
+
 /// One writer: batches of 1-60 events (so segments fill and roll), and orders on writer 0.
-async fn load(
-    channel: Channel,
-    trial: usize,
-    w: usize,
-) -> (Vec<EventPosition>, Vec<(String, u64)>) {
+async fn load(channel: Channel, trial: usize, w: usize) -> Load {
     let mut events = EventServiceClient::new(channel.clone());
     let mut orders = OrderServiceClient::new(channel);
     let mut acked = Vec::new();
