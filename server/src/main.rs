@@ -60,8 +60,8 @@ struct Args {
     /// Largest journal segment file, in MiB (segments start at 4 MiB and double up to this).
     #[arg(long, env = "ORDO_JOURNAL_SEGMENT_MB", default_value_t = 64)]
     journal_segment_mb: u64,
-    /// How often sled is flushed behind the journal, in milliseconds: the most history the
-    /// journal keeps and a restart replays.
+    /// How often sled is flushed behind the journal, in milliseconds: about the most of the
+    /// journal a restart replays into sled.
     #[arg(long, env = "ORDO_SLED_FLUSH_MS", default_value_t = 200)]
     sled_flush_ms: u64,
     /// Default heartbeat period for subscriptions, in milliseconds.

@@ -28,8 +28,7 @@ use super::{
     tail::Tail,
 };
 
-/// Longest time an applied frame waits, by default, for sled to make it durable (and its
-/// journal segment deletable).
+/// Longest time an applied frame waits, by default, for sled to make it durable.
 pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Bytes applied after which sled is flushed sooner.
 const FLUSH_BYTES: usize = 32 * 1024 * 1024;
@@ -106,7 +105,7 @@ pub struct Applier {
     pub tail: Arc<Tail>,
     pub sealed: Sealed,
     pub bodies: Arc<Bodies>,
-    /// How often sled is made durable: the journal keeps about this much history.
+    /// How often sled is made durable: about the most of the journal a restart replays.
     pub flush_every: Duration,
     pub backlog: Arc<Backlog>,
     /// Where the applied and durable positions are published, for compaction and backups.

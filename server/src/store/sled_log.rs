@@ -65,8 +65,7 @@ pub struct LogOptions {
     pub sync: SyncMode,
     /// Largest journal segment file.
     pub journal_segment_bytes: u64,
-    /// How often sled is flushed (and the journal trimmed): the most history the journal holds
-    /// and recovery may replay.
+    /// How often sled is flushed: about the most of the journal a restart replays into sled.
     pub sled_flush_interval: Duration,
 }
 
