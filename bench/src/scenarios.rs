@@ -334,6 +334,9 @@ pub async fn e2e(
             done??;
         }
     }
+    // The rate the producer kept: over the sending window only, not the wait for the last
+    // acknowledgements and deliveries below.
+    let sending = start.elapsed();
     while let Some(done) = in_flight.join_next().await {
         done??;
     }
@@ -345,7 +348,7 @@ pub async fn e2e(
     Ok(Row::new(
         name,
         format!("rate={rate} subscribers={subscribers}"),
-        sent as f64 / start.elapsed().as_secs_f64(),
+        sent as f64 / sending.as_secs_f64(),
         "ev",
     )
     .latencies(&lat)
