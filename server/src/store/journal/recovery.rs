@@ -114,8 +114,11 @@ fn applied_prefix(
     applied: u64,
 ) -> Result<Vec<(u64, u64)>, JournalError> {
     let mut prefix = Vec::new();
+    let Some(&oldest) = indexes.first() else {
+        return Ok(prefix);
+    };
+    let mut first = segment::first_lsn(dir, oldest).map_err(io("segment read"))?;
     for pair in indexes.windows(2) {
-        let first = segment::first_lsn(dir, pair[0]).map_err(io("segment read"))?;
         let next = segment::first_lsn(dir, pair[1]).map_err(io("segment read"))?;
         match (first, next) {
             (Some(first), Some(next)) if first < next && next <= applied + 1 => {
@@ -123,6 +126,7 @@ fn applied_prefix(
             }
             _ => break,
         }
+        first = next;
     }
     Ok(prefix)
 }
