@@ -108,16 +108,34 @@ async fn kill9_torture_with_retention_deleting_segments() {
         first = checked;
         server.kill9();
     }
+    // On a busy machine (a debug build, tests in parallel) the compactions of short trials may
+    // all be cut off by their kill: one more run, as long as it takes, lets retention trim and
+    // delete segments, so the test always sees that, and the log read back whole after it.
+    let server = ChildServer::start(dir.path(), None, RETAIN).await;
+    let url = server.url();
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        writers.push(tokio::spawn(load(connect(&url).await, 99, w)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journal_segments(dir.path())
+        .iter()
+        .any(|p| p.ends_with("00000000000000000001.journal"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "retention deleted no segment: {:?}",
+            journal_segments(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill9();
+    join_writers(writers, &mut acked, &mut orders).await;
+    let server = ChildServer::start(dir.path(), None, CHURN).await;
+    let checked = verify_retained(&server.url(), &acked, &orders).await;
     assert!(
-        first > 1,
-        "retention never trimmed: the test proved nothing"
-    );
-    let segments = journal_segments(dir.path());
-    assert!(
-        !segments
-            .iter()
-            .any(|p| p.ends_with("00000000000000000001.journal")),
-        "retention deleted no segment: {segments:?}"
+        checked > 1 && checked >= first,
+        "retention never trimmed (first retained offset {checked}, before {first})"
     );
 }
 
@@ -141,7 +159,8 @@ async fn verify_retained(url: &str, acked: &[EventPosition], created: &[(String,
             .into_inner();
         log.extend(page.events);
         if page.next_after_offset >= page.head_offset {
-            assert_eq!(log.last().map(|e| e.offset), Some(page.head_offset));
+            // (Nothing at all when the kill came before the first append.)
+            assert_eq!(log.last().map_or(0, |e| e.offset), page.head_offset);
             break;
         }
         start = after(page.next_after_offset);
