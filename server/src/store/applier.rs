@@ -24,6 +24,7 @@ use super::{
     keys,
     pending::Pending,
     progress::{Mark, Progress},
+    scrubs::{self, SCRUBS_PER_FLUSH},
     sled_files::DurableFiles,
     tail::Tail,
 };
@@ -222,14 +223,30 @@ impl Applier {
         // locator removal retention made before this read.
         let applied = self.progress.applied();
         let retained_from = self.sealed.retained_from();
-        let scrubs = self.sealed.take_scrubs();
+        // Recorded before this read, so in this flush, with the rewrites they belong to.
+        let recorded = if self.sealed.take_scrubs() {
+            let recorded = scrubs::waiting(&self.tree, SCRUBS_PER_FLUSH)?;
+            if recorded.len() == SCRUBS_PER_FLUSH {
+                // More wait: the next round takes them.
+                self.sealed.scrub_later();
+            }
+            recorded
+        } else {
+            Vec::new()
+        };
         self.db.flush()?;
         if let Some(files) = &mut self.durability {
             files.sync()?;
         }
         self.progress.set_flushed(applied.head);
-        // sled's rewrite of the chunks these bytes were in is durable now.
-        self.sealed.scrub(&scrubs)?;
+        if !recorded.is_empty() {
+            // sled's rewrite of the chunks these bytes were in is durable now.
+            self.sealed
+                .scrub(&scrubs::unreferenced(&self.tree, &recorded)?)?;
+            // Their removal becomes durable with a later flush; until then a restart zeroes
+            // them again, which changes nothing.
+            scrubs::forget(&self.tree, &recorded)?;
+        }
         let removed = self.sealed.release(lsn, retained_from)?;
         for &segment in &removed {
             self.bodies.forget(segment);

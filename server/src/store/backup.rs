@@ -137,7 +137,8 @@ pub(super) fn write_held(
     let mut size = 0;
     for entry in source.tree.iter() {
         let (key, value) = entry?;
-        if key.as_ref() == keys::JOURNAL_APPLIED {
+        // Both describe this data dir's journal, not the restored one's.
+        if key.as_ref() == keys::JOURNAL_APPLIED || key.first() == Some(&keys::SCRUB) {
             continue;
         }
         let value = if key.first() == Some(&keys::EVENT) {

@@ -27,8 +27,8 @@
 //! Chunks are mostly locators of bytes in journal segments (`bodies.rs`): after removing chunks,
 //! retention tells the journal which segments hold none of the rest ([`Sealed::retain_from`]),
 //! and the applier deletes them once that removal is durable. A deleted stream's events are
-//! rewritten out of their chunks (into sled) and their bytes in the segments are zeroed after
-//! the next sled flush ([`Sealed::scrub_later`]).
+//! rewritten out of their chunks (into sled) and their bytes in the segments are recorded
+//! (`scrubs.rs`) and zeroed after the next sled flush ([`Sealed::scrub_later`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -50,6 +50,7 @@ use super::{
     journal::{Scrub, Sealed},
     keys,
     progress::Progress,
+    scrubs,
     tail::Tail,
     tombstones::{self, Tombstone, Tombstones},
 };
@@ -333,6 +334,7 @@ impl Compactor {
             }
         }
         let mut removed_events = 0u64;
+        let mut recorded = false;
         for (start, offsets) in by_chunk {
             let key = keys::event(start);
             let Some(value) = self.tree.get(key)? else {
@@ -340,7 +342,7 @@ impl Compactor {
             };
             let old_len = chunk_len(&value);
             let old_chunk = self.bodies.chunk(&value)?;
-            let scrubs = match Locator::decode(&value) {
+            let old_bytes = match Locator::decode(&value) {
                 Some(locator) => codec::event_ranges(start, &old_chunk, &offsets)?
                     .into_iter()
                     .map(|(at, len)| Scrub {
@@ -358,14 +360,21 @@ impl Compactor {
             }
             let new_len = chunk.len() as u64;
             self.tree.insert(key, chunk)?;
-            // The old bytes in the journal go too, once this rewrite is durable.
-            self.sealed.scrub_later(scrubs);
+            // The old bytes in the journal go too, once this rewrite is durable: recorded after
+            // it, so a durable record means a durable rewrite.
+            for range in old_bytes {
+                scrubs::record(&self.tree, range, start)?;
+                recorded = true;
+            }
             removed_events += removed.len() as u64;
             if let Ok(mut counted) = self.counted.lock()
                 && start < counted.next_chunk
             {
                 counted.bytes = counted.bytes.saturating_sub(old_len - new_len);
             }
+        }
+        if recorded {
+            self.sealed.scrub_later();
         }
         for key in entries {
             self.tree.remove(key)?;

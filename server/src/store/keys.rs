@@ -15,6 +15,9 @@
 //!   retention removed every event below it (compaction.rs)
 //! - `r` + 0x00 `tombstone/` + stream id    -> a deleted stream's tombstone (tombstones.rs): a
 //!   record in the reserved 0x00 corner of the record space, written through the journal
+//! - `z` + segment (u64 BE) + position (BE) -> length + first offset of its chunk (u64 BE each):
+//!   journal bytes of a deleted stream waiting to be zeroed (scrubs.rs); written by compaction,
+//!   straight to sled, and never backed up
 
 pub const EVENT: u8 = b'e';
 const RECORD: u8 = b'r';
@@ -27,10 +30,19 @@ pub const IDEMPOTENCY_TIME: u8 = b't';
 pub const JOURNAL_APPLIED: &[u8] = b"j";
 /// The first retained offset; written by compaction only, straight to sled.
 pub const FIRST_RETAINED: &[u8] = b"f";
+/// Journal bytes to zero (scrubs.rs).
+pub const SCRUB: u8 = b'z';
 
 pub fn event(offset: u64) -> [u8; 9] {
     let mut key = [EVENT; 9];
     key[1..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+pub fn scrub(segment: u64, pos: u64) -> [u8; 17] {
+    let mut key = [SCRUB; 17];
+    key[1..9].copy_from_slice(&segment.to_be_bytes());
+    key[9..].copy_from_slice(&pos.to_be_bytes());
     key
 }
 

@@ -17,6 +17,7 @@ mod nats;
 mod pending;
 mod progress;
 mod reader;
+mod scrubs;
 mod sled_files;
 mod sled_log;
 mod staging;

@@ -30,6 +30,7 @@ use super::{
     pending::Pending,
     progress::{Mark, Progress},
     reader::Reader,
+    scrubs,
     sled_files::DurableFiles,
     staging::{self, Stores},
     tail::Tail,
@@ -152,6 +153,10 @@ impl SledLog {
             head: 0,
         }));
         let sealed = recovered.journal.sealed();
+        if scrubs::any(&tree)? {
+            // A deletion's journal bytes were not zeroed before the last stop.
+            sealed.scrub_later();
+        }
         let mut applier = Applier {
             db: db.clone(),
             tree: tree.clone(),

@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -224,9 +224,8 @@ pub struct Sealed {
     hold: Arc<Mutex<Option<u64>>>,
     /// The oldest segment that may hold a retained chunk: segments below it hold none.
     retained_from: Arc<AtomicU64>,
-    /// Bytes of applied frames to zero: the events of deleted streams, once sled's rewrite of
-    /// their chunks is durable (see [`Sealed::scrub_later`]).
-    scrubs: Arc<Mutex<Vec<Scrub>>>,
+    /// Whether bytes of applied frames may wait to be zeroed (see [`Sealed::scrub_later`]).
+    scrubs_waiting: Arc<AtomicBool>,
 }
 
 /// A byte range of a segment to overwrite with zeros.
@@ -244,32 +243,29 @@ impl Sealed {
             segments: Arc::default(),
             hold: Arc::default(),
             retained_from: Arc::default(),
-            scrubs: Arc::default(),
+            scrubs_waiting: Arc::default(),
         }
     }
 
-    /// Queues the bytes of deleted events for zeroing. Their frames were applied and sled
-    /// holds the chunks rewritten without them, not yet durably: the applier takes the queue
-    /// before its next sled flush and zeroes after it ([`Sealed::scrub`]), so no durable
-    /// locator ever points at zeroed bytes. Recovery and backups pass over the applied frames
-    /// this leaves with a payload checksum that no longer holds.
-    pub fn scrub_later(&self, ranges: impl IntoIterator<Item = Scrub>) {
-        if let Ok(mut scrubs) = self.scrubs.lock() {
-            scrubs.extend(ranges);
-        }
+    /// Says that byte ranges of deleted events wait to be zeroed. Compaction records them in
+    /// sled (`scrubs.rs`) next to the rewrite of their chunks, which is not durable yet; the
+    /// applier takes the records before its next sled flush and zeroes the ranges after it
+    /// ([`Sealed::scrub`]), so no durable locator ever points at zeroed bytes. Recovery and
+    /// backups pass over the applied frames this leaves with a payload checksum that no longer
+    /// holds.
+    pub fn scrub_later(&self) {
+        self.scrubs_waiting.store(true, Ordering::Release);
     }
 
-    /// Whether deleted events wait to be zeroed.
+    /// Whether deleted events may wait to be zeroed.
     pub fn has_scrubs(&self) -> bool {
-        self.scrubs.lock().is_ok_and(|scrubs| !scrubs.is_empty())
+        self.scrubs_waiting.load(Ordering::Acquire)
     }
 
-    /// Takes the queued ranges (the applier, before a sled flush).
-    pub fn take_scrubs(&self) -> Vec<Scrub> {
-        self.scrubs
-            .lock()
-            .map(|mut scrubs| std::mem::take(&mut *scrubs))
-            .unwrap_or_default()
+    /// Clears the flag, returning it (the applier, before it reads the records: a range
+    /// recorded after that read raises the flag again).
+    pub fn take_scrubs(&self) -> bool {
+        self.scrubs_waiting.swap(false, Ordering::AcqRel)
     }
 
     /// Zeroes `ranges` and syncs each segment touched; segments deleted meanwhile are skipped.
