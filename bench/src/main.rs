@@ -168,6 +168,11 @@ enum Scenario {
 /// Longest a `consume` row may take before the bench gives up on it.
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The server's allocator, so the bench's receivers (which share the machine's cores with the
+/// server in `fanout`) do not pay glibc's malloc per message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -3,10 +3,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -28,6 +25,9 @@ use crate::{
 
 /// Payload size of every benchmark event: the size the peers were measured with.
 pub const PAYLOAD: usize = 256;
+/// The payload of the event after which `e2e` and `fanout` receivers stop (shorter than the
+/// 8-byte timestamp every measured event starts with).
+const STOP_MARKER: &[u8] = b"stop";
 
 pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
     Channel::from_shared(addr.to_string())?
@@ -258,13 +258,11 @@ pub async fn e2e(
 ) -> anyhow::Result<Row> {
     let epoch = Instant::now();
     let stream_id = format!("e2e-{}", std::process::id());
-    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = JoinSet::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers.max(1));
     for i in 0..subscribers {
         let channel = channels[i % channels.len()].clone();
         let ready = ready_tx.clone();
-        let stop = stop.clone();
         let stream_id = stream_id.clone();
         readers.spawn(async move {
             let request = SubscribeRequest {
@@ -280,20 +278,18 @@ pub async fn e2e(
             };
             let mut stream = light::subscribe(channel, request).await?;
             let mut samples = Vec::new();
-            loop {
-                let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
-                let msg = match next {
-                    Ok(msg) => msg?,
-                    Err(_) if stop.load(Ordering::Relaxed) => break,
-                    Err(_) => continue,
-                };
-                let Some(msg) = msg else { break };
+            // No timer per message: a receiver costs what a client's receive loop costs, and
+            // ends at the producer's stop marker, which comes after every measured event.
+            while let Some(msg) = stream.message().await? {
                 match msg.message {
                     Some(light::Message::CaughtUp(_)) => {
                         let _ = ready.send(()).await;
                     }
                     Some(light::Message::Event(event)) => {
                         let data = &event.data;
+                        if data.as_slice() == STOP_MARKER {
+                            break;
+                        }
                         if data.len() >= 8 {
                             let mut sent = [0u8; 8];
                             sent.copy_from_slice(&data[..8]);
@@ -340,10 +336,13 @@ pub async fn e2e(
     while let Some(done) = in_flight.join_next().await {
         done??;
     }
-    let _ = &mut events;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let lat = Latencies::merge(collect(readers).await?);
+    events
+        .publish(publish_request(&stream_id, STOP_MARKER.to_vec(), 1))
+        .await?;
+    let lat = tokio::time::timeout(Duration::from_secs(120), collect(readers))
+        .await
+        .context("subscribers did not reach the stop marker within 120 s")??;
+    let lat = Latencies::merge(lat);
     let expected = sent as usize * subscribers;
     Ok(Row::new(
         name,
