@@ -600,3 +600,35 @@ async fn damage_in_an_applied_segment_fails_only_reads_of_that_batch() {
         }
     }
 }
+
+/// Restarts with little or nothing written in between do not each leave a segment behind: a
+/// start resumes after the last frame, in the segment that holds it, and drops the empty one
+/// the previous run had made ahead of time (preallocated, up to 64 MiB each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_do_not_pile_up_segments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut acked = Vec::new();
+    for round in 0..6 {
+        let server = ChildServer::start(dir.path(), None, &[]).await;
+        let mut events = EventServiceClient::new(connect(&server.url()).await);
+        let reply = events
+            .publish(publish_req(vec![new_event("restarts", "test.restart")]))
+            .await
+            .expect("publish");
+        acked.extend(reply.into_inner().positions);
+        // Time for the next segment to be made ahead, as in any run longer than a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if round % 2 == 0 {
+            server.kill9();
+        } else {
+            server.terminate();
+        }
+    }
+    let segments = journal_segments(dir.path());
+    assert!(
+        segments.len() <= 2,
+        "one segment in use and one made ahead, not one per restart: {segments:?}"
+    );
+    let server = ChildServer::start(dir.path(), None, &[]).await;
+    verify(&server.url(), &acked, &[]).await;
+}

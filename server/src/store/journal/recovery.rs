@@ -81,12 +81,14 @@ pub fn recover(
     }
     // Where writing resumes: after the last segment's frames, or where a torn frame starts.
     let mut resume = (last_index, 0);
+    // Segments read that end cleanly before the last one: (index, end, last lsn), sealed below.
+    let mut clean = Vec::new();
     for (i, &index) in indexes.iter().enumerate().skip(skip.len()) {
         let path = segment::path(dir, index);
         let bytes = fs::read(&path).map_err(io("segment read"))?;
         match scan.segment(index, &path, &bytes, &indexes[i + 1..], dir)? {
             SegmentEnd::Clean(pos) if index == last_index => resume = (index, pos),
-            SegmentEnd::Clean(_) => sealed.push(index, scan.last_lsn.unwrap_or(0)),
+            SegmentEnd::Clean(pos) => clean.push((index, pos, scan.last_lsn.unwrap_or(0))),
             SegmentEnd::Torn(pos) => {
                 // Nothing valid follows: later segments hold no frames. Drop them and cut here.
                 for &later in &indexes[i + 1..] {
@@ -99,6 +101,21 @@ pub fn recover(
                 break;
             }
         }
+    }
+    // An empty last segment was made ahead by the run before: resume in the one before it
+    // instead, or every restart would leave a barely used segment (preallocated, up to the
+    // segment size) behind.
+    if resume == (last_index, 0)
+        && let Some(&(previous, pos, _)) = clean.last()
+        && indexes.len() >= 2
+        && indexes[indexes.len() - 2] == previous
+    {
+        segment::remove(dir, last_index).map_err(io("segment removal"))?;
+        clean.pop();
+        resume = (previous, pos);
+    }
+    for (index, _, last_lsn) in clean {
+        sealed.push(index, last_lsn);
     }
     let (index, pos) = resume;
     let journal = reopen(dir, options, sealed, index, pos, scan.last_lsn.unwrap_or(0))?;
